@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine:
+#   make demo   creates the environment, then trains -> evaluates -> predicts on cats vs dogs
+#   make test   creates the environment, then runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: env browser test test-fast demo bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	# Test-only reference: Keras 2 (tf_keras) to compare legacy H5 loading against.
+	# tf-keras depends on the `tensorflow` distribution, which tensorflow-cpu provides: no deps.
+	$(BIN)/pip install -q --no-deps "tf-keras>=2.16,<2.22"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Headless Chromium for the report and web-page tests (Debian package; skipped when present).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: env browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: env
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: env
+	$(BIN)/python -m retreino.demo
+
+bench: env
+	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

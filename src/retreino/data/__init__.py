@@ -1,0 +1,1 @@
+"""Datasets: scanning and validating image folders, splits, CSV labels, tf.data pipelines."""

@@ -1,0 +1,66 @@
+"""Walking a Keras model as a flat list of layers, whatever its nesting."""
+from __future__ import annotations
+
+from typing import Iterator
+
+
+def is_container(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def flatten_layers(model) -> list:
+    """Leaf layers in forward order, descending into nested Sequential/Functional models.
+
+    "The last N layers" means the last N of this list: a Teachable Machine export has only
+    three top-level layers, two of which are whole sub-models.
+    """
+    out = []
+
+    def walk(m):
+        for layer in m.layers:
+            if is_container(layer):
+                walk(layer)
+            else:
+                out.append(layer)
+
+    walk(model)
+    # Input layers carry no computation; they would only dilute the count.
+    return [layer for layer in out if layer.__class__.__name__ != "InputLayer"]
+
+
+def iter_containers(model) -> Iterator:
+    yield model
+    for layer in model.layers:
+        if is_container(layer):
+            yield from iter_containers(layer)
+
+
+def find_head(model) -> tuple[str, int]:
+    """Classify the output: ("softmax"|"sigmoid"|"logits"|"features", output units)."""
+    shape = model.output_shape
+    if isinstance(shape, list):
+        shape = shape[0]
+    units = int(shape[-1]) if shape[-1] is not None else 0
+    if len(shape) != 2:
+        return "features", units
+    layers = flatten_layers(model)
+    for layer in reversed(layers):
+        name = layer.__class__.__name__
+        if name == "Softmax":
+            return "softmax", units
+        if name == "Activation" or hasattr(layer, "activation"):
+            act = getattr(layer, "activation", None)
+            act_name = getattr(act, "__name__", str(act))
+            if act_name == "softmax":
+                return "softmax", units
+            if act_name == "sigmoid":
+                return "sigmoid", units
+            if name in ("Dense", "Activation"):
+                return ("logits" if act_name == "linear" else "features"), units
+        if name in ("Dropout", "Flatten", "Reshape"):
+            continue
+        if name in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
+            return "features", units
+    return "features", units

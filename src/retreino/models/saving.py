@@ -1,0 +1,58 @@
+"""Saving models with their metadata embedded, so a reloaded file never guesses labels or scaling.
+
+`.keras` archives get a `retreino.json` member; H5 files a `retreino` root attribute. A
+`labels.txt` (Teachable Machine format) is written beside every model for other tools.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+from ..atomic import atomic_path, write_text
+from .info import LoadedModel, ModelInfo, labels_text
+
+META_MEMBER = "retreino.json"
+META_ATTR = "retreino"
+
+
+def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True) -> Path:
+    """Save as `.keras` or `.h5` (by suffix), atomically, metadata included."""
+    path = Path(path)
+    meta = json.dumps(loaded.info.to_dict())
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise ValueError(f"save_model writes .keras or .h5, not {path.name}")
+    with atomic_path(path) as tmp:
+        loaded.model.save(tmp)
+        if suffix == ".keras":
+            with zipfile.ZipFile(tmp, "a") as zf:
+                zf.writestr(META_MEMBER, meta)
+        else:
+            import h5py
+
+            with h5py.File(tmp, "a") as f:
+                f.attrs[META_ATTR] = meta
+    if write_labels and loaded.info.class_names:
+        write_text(path.parent / "labels.txt", labels_text(loaded.info.class_names))
+    return path
+
+
+def read_metadata(path: str | Path) -> ModelInfo | None:
+    """The metadata retreino embedded in a model file, or None for files from elsewhere."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as zf:
+                if META_MEMBER not in zf.namelist():
+                    return None
+                return ModelInfo.from_dict(json.loads(zf.read(META_MEMBER)))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get(META_ATTR)
+            if raw is None:
+                return None
+            return ModelInfo.from_dict(json.loads(raw if isinstance(raw, str) else raw.decode()))
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, KeyError):
+        return None
