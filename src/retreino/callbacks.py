@@ -1,0 +1,156 @@
+"""Keras callbacks of a retreino run: progress, the run directory's files, NaN guard, resumable state."""
+from __future__ import annotations
+
+import math
+import time
+
+from . import _env
+
+_env.import_tensorflow()
+
+import keras  # noqa: E402
+
+from . import runs  # noqa: E402
+from .atomic import atomic_path  # noqa: E402
+from .console import progress  # noqa: E402
+
+
+def current_lr(model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class EpochProgress(keras.callbacks.Callback):
+    """A bar per epoch with ETA, then one summary line per epoch."""
+
+    def __init__(self, total_epochs: int, phase: str, printer=print):
+        super().__init__()
+        self.total_epochs, self.phase, self.printer = total_epochs, phase, printer
+        self.bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.monotonic()
+        steps = self.params.get("steps")
+        self.bar = progress(total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="batch", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(1)
+            logs = logs or {}
+            if "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", acc=f"{float(logs.get('accuracy', 0)):.3f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+        logs = logs or {}
+        marker = "  * best" if logs.get("_best") else ""
+        self.printer(
+            f"epoch {epoch + 1:>2}/{self.total_epochs} {self.phase:<9} "
+            f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.3f}  "
+            f"val_loss {logs.get('val_loss', float('nan')):.4f}  val_acc {logs.get('val_accuracy', float('nan')):.3f}  "
+            f"lr {current_lr(self.model):.1e}  {time.monotonic() - self.t0:.0f}s{marker}"
+        )
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stops at the first NaN/inf loss; the recorder then keeps the files of the last good epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.hit = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.hit = (self._epoch, batch)
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After each epoch: best model, last model, history and state, each written atomically.
+
+    The order matters for resuming after a kill: last.keras, then history.csv, then state.json
+    (the commit point). A resume trusts state.json and drops any history rows beyond it.
+    """
+
+    def __init__(self, run_dir, save_best, history: list, state: dict, phase: str, nan_guard: NanGuard, monitor="val_accuracy"):
+        super().__init__()
+        self.run_dir, self.save_best, self.history, self.state = run_dir, save_best, history, state
+        self.phase, self.nan_guard, self.monitor = phase, nan_guard, monitor
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self.nan_guard.hit is not None or not all(math.isfinite(float(v)) for v in logs.values()):
+            return
+        value = float(logs.get(self.monitor, float("nan")))
+        best = self.state.get("best")
+        improved = best is None or value > best
+        if improved:
+            self.save_best(self.model)
+            self.state.update(best=value, best_epoch=epoch + 1)
+            logs["_best"] = True
+        with atomic_path(self.run_dir / runs.LAST) as tmp:
+            self.model.save(tmp)  # with optimizer state, for --resume
+        row = {"epoch": epoch + 1, "phase": self.phase, "lr": current_lr(self.model), "seconds": round(time.monotonic() - self.t0, 2)}
+        row.update({k: float(v) for k, v in logs.items() if not k.startswith("_")})
+        self.history.append(row)
+        runs.write_history(self.run_dir, self.history)
+        self.state.update(epoch=epoch + 1, phase=self.phase, lr=row["lr"])
+        runs.write_state(self.run_dir, self.state)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose counters survive a restart (Keras resets them in on_train_begin)."""
+
+    def __init__(self, saved: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.saved = saved or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.saved:
+            self.wait = int(self.saved.get("wait", 0))
+            if self.saved.get("best") is not None:
+                self.best = float(self.saved["best"])
+
+    def snapshot(self) -> dict:
+        best = self.best if self.best is not None and math.isfinite(float(self.best)) else None
+        return {"wait": int(self.wait), "best": best}
+
+
+class ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose counters survive a restart."""
+
+    def __init__(self, saved: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.saved = saved or {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.saved:
+            self.wait = int(self.saved.get("wait", 0))
+            self.cooldown_counter = int(self.saved.get("cooldown_counter", 0))
+            if self.saved.get("best") is not None:
+                self.best = float(self.saved["best"])
+
+    def snapshot(self) -> dict:
+        best = self.best if math.isfinite(float(self.best)) else None
+        return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter), "best": best}
+
+
+class SnapshotCallbacks(keras.callbacks.Callback):
+    """Copies the early-stopping and LR-plateau counters into the run state before it is written."""
+
+    def __init__(self, state: dict, early: ResumableEarlyStopping, reduce: ResumableReduceLR):
+        super().__init__()
+        self.state, self.early, self.reduce = state, early, reduce
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state["early_stopping"] = self.early.snapshot()
+        self.state["reduce_lr"] = self.reduce.snapshot()

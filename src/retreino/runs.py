@@ -1,0 +1,92 @@
+"""The run directory: everything one training run made, written atomically, readable later.
+
+runs/<name>/
+  config.json              every setting, package versions, data fingerprint, model metadata
+  fine_tuned_model.keras   best model by val_accuracy (metadata embedded) ...
+  fine_tuned_model.h5      ... and the same as H5
+  last.keras               the latest epoch, with optimizer state (for --resume)
+  labels.txt               class names, `0 Name` per line
+  history.csv              one row per finished epoch
+  state.json               where training stands (epoch, best, callback counters)
+  learning_curves.png, report.html, and evaluation outputs
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+from .atomic import write_json, write_text
+
+CONFIG = "config.json"
+BEST_KERAS = "fine_tuned_model.keras"
+BEST_H5 = "fine_tuned_model.h5"
+LAST = "last.keras"
+LABELS = "labels.txt"
+HISTORY = "history.csv"
+STATE = "state.json"
+CURVES = "learning_curves.png"
+REPORT = "report.html"
+
+HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+def new_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """runs/<name>, or runs/<name>-2, -3 ... when taken: a new run never overwrites an old one."""
+    runs_dir = Path(runs_dir)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    candidate, n = runs_dir / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = runs_dir / f"{name}-{n}"
+    candidate.mkdir(parents=True)
+    return candidate
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: _number(v) for k, v in row.items()})
+    return rows
+
+
+def write_history(run_dir: str | Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in HISTORY_COLUMNS})
+    return write_text(Path(run_dir) / HISTORY, buf.getvalue())
+
+
+def read_json(run_dir: str | Path, name: str) -> dict:
+    path = Path(run_dir) / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def write_state(run_dir: str | Path, state: dict) -> Path:
+    return write_json(Path(run_dir) / STATE, state)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+def _number(v: str):
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v

@@ -1,0 +1,388 @@
+"""Fine-tuning: the notebook's recipe as a resumable run that writes a run directory.
+
+Phases: an optional head-only warm-up (only when the head is new: a random head's large
+gradients would otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
+N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best-model checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _env
+
+_env.import_tensorflow()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from . import runs  # noqa: E402
+from .atomic import write_json, write_text  # noqa: E402
+from .callbacks import (  # noqa: E402
+    EpochProgress,
+    NanGuard,
+    ResumableEarlyStopping,
+    ResumableReduceLR,
+    RunRecorder,
+    SnapshotCallbacks,
+)
+from .config import TrainConfig  # noqa: E402
+from .console import info as say  # noqa: E402
+from .console import table  # noqa: E402
+from .errors import RetreinoError  # noqa: E402
+from .models import LoadedModel, load_model, save_model  # noqa: E402
+from .models.info import ModelInfo, labels_text  # noqa: E402
+from .models.summary import count_params  # noqa: E402
+from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
+
+
+class TrainingError(RetreinoError):
+    """Training could not go on (NaN loss, ...); the run directory keeps the best model so far."""
+
+
+@dataclass
+class Run:
+    """What `train` returns: the run directory and its results.
+
+    >>> run = retreino.train(model="mobilenet_v2", data="data/cats_vs_dogs")  # doctest: +SKIP
+    >>> run.best_model.class_names, run.history[-1]["val_accuracy"]              # doctest: +SKIP
+    """
+
+    dir: Path
+    config: TrainConfig
+    class_names: list[str]
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    interrupted: bool = False
+
+    @property
+    def best_model(self) -> LoadedModel:
+        return load_model(self.dir / runs.BEST_KERAS)
+
+    def plot_history(self):
+        """Learning curves (accuracy and loss, train vs validation) as a matplotlib Figure."""
+        from .plots import plot_learning_curves
+
+        return plot_learning_curves(self.history, self.dir / runs.CURVES)
+
+    def __repr__(self) -> str:
+        best = f"{self.best_val_accuracy:.3f}" if self.best_val_accuracy is not None else "-"
+        return f"<Run {str(self.dir)!r} epochs={len(self.history)} best_val_accuracy={best}>"
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, dry_run: bool = False, printer=print, **overrides) -> Run | None:
+    """Fine-tune a model on a folder of images; returns the Run (None for a dry run).
+
+    `config` holds every setting (see `TrainConfig`); keyword overrides win over it.
+    `resume=runs/<name>` continues an interrupted run to the same epoch count.
+
+    >>> run = train(model="../shared/models/teachable_machine/water_bottles",
+    ...             data="../shared/datasets/cats_vs_dogs", epochs=2)  # doctest: +SKIP
+    """
+    if resume is not None:
+        return _resume(Path(resume), printer=printer)
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    if not cfg.model or not cfg.data:
+        raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
+    return _Trainer(cfg, printer=printer).run(dry_run=dry_run)
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, printer=print, run_dir: Path | None = None):
+        self.cfg, self.printer, self.run_dir = cfg, printer, run_dir
+
+    def setup(self, fresh: bool):
+        from .data import load_dataset
+
+        cfg = self.cfg
+        keras.utils.set_random_seed(cfg.seed)
+        self.dataset = load_dataset(
+            cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
+            labels_csv=cfg.labels_csv, strict=cfg.strict,
+        )
+        ds = self.dataset
+        if ds.train is None or len(ds.train) == 0:
+            raise RetreinoError(f"no training images found in {cfg.data}")
+        if ds.validation is None or len(ds.validation) == 0:
+            raise RetreinoError(f"no validation images in {cfg.data}: add a validation/ folder or use --val-split")
+        if len(ds.class_names) < 2:
+            raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {cfg.data}")
+        if fresh:
+            base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
+            self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
+            self.loaded = self.prepared.loaded
+        self.info: ModelInfo = self.loaded.info
+        head = self.info.head
+        self.binary = head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
+        self.label_mode = "binary" if self.binary else "categorical"
+
+    # -- data ---------------------------------------------------------------------------------
+    def pipelines(self):
+        from .data import make_pipeline
+
+        cfg, ds, info = self.cfg, self.dataset, self.info
+        common = dict(
+            image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
+            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=cfg.resize,
+            cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
+        )
+        augment = cfg.augment if cfg.augment.enabled else None
+        train = make_pipeline(ds.train, training=True, augment=augment, **common)
+        val = make_pipeline(ds.validation, training=False, **common)
+        return train, val
+
+    def class_weight(self):
+        if self.cfg.class_weight in (None, "", "none"):
+            return None
+        if self.cfg.class_weight != "balanced":
+            raise RetreinoError(f"unknown class weighting {self.cfg.class_weight!r}: use 'balanced'")
+        from sklearn.utils.class_weight import compute_class_weight
+
+        labels = np.asarray(self.dataset.train.labels)
+        classes = np.arange(len(self.dataset.class_names))
+        present = np.unique(labels)
+        weights = compute_class_weight("balanced", classes=present, y=labels)
+        out = {int(c): 1.0 for c in classes}
+        out.update({int(c): float(w) for c, w in zip(present, weights)})
+        return out
+
+    # -- model ----------------------------------------------------------------------------------
+    def compile(self, model, learning_rate: float):
+        cfg = self.cfg
+        if self.binary:
+            loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
+            metric = keras.metrics.BinaryAccuracy(name="accuracy")
+        else:
+            # Never binary cross-entropy on a 2-unit softmax: Keras accepts it and trains wrongly.
+            loss = keras.losses.CategoricalCrossentropy(
+                from_logits=self.info.head == "logits", label_smoothing=cfg.label_smoothing
+            )
+            metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        if cfg.optimizer.lower() != "adam":
+            optimizer = keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": learning_rate}})
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+
+    def phases(self) -> list[tuple[str, int, float]]:
+        cfg = self.cfg
+        phases = []
+        if self.new_head and cfg.warmup_epochs > 0:
+            phases.append(("warmup", cfg.warmup_epochs, cfg.warmup_learning_rate))
+        phases.append(("finetune", cfg.epochs, cfg.learning_rate))
+        return phases
+
+    def freeze(self, phase: str):
+        model = self.loaded.model
+        if phase == "warmup":
+            return freeze_head_only(model)
+        return freeze_all_but_last(model, self.cfg.unfreeze, train_bn=self.cfg.train_bn)
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self, dry_run: bool = False) -> Run | None:
+        self.setup(fresh=True)
+        self.new_head = self.prepared.new_head
+        cfg, ds = self.cfg, self.dataset
+        self.printer(self.describe_data())
+        self.printer(f"Model: {self.info.format_name} ({Path(str(self.info.source)).name}); {self.prepared.reason}")
+        self.freeze("finetune")
+        if dry_run:
+            self.print_trainable()
+            return None
+        self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
+        write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
+        write_json(self.run_dir / runs.CONFIG, self.config_record())
+        state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
+        runs.write_state(self.run_dir, state)
+        self.printer(f"Run directory: {self.run_dir}")
+        return self.fit(state, history=[], resume_model=None)
+
+    def fit(self, state: dict, history: list, resume_model) -> Run:
+        cfg = self.cfg
+        train_ds, val_ds = self.pipelines()
+        total = sum(n for _, n, _ in self.phases())
+        offset = 0
+        nan_guard = NanGuard()
+        interrupted = False
+        try:
+            for phase, n_epochs, lr in self.phases():
+                end = offset + n_epochs
+                if state["epoch"] >= end:  # phase already done before a resume
+                    offset = end
+                    continue
+                if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:
+                    model = resume_model  # same phase: keep its optimizer state and learning rate
+                else:
+                    self.freeze(phase)
+                    model = self.loaded.model
+                    self.compile(model, lr)
+                resume_model = None
+                self.loaded = LoadedModel(model, self.info)
+                trainable = count_params(model.trainable_weights)
+                self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
+                             f" ({trainable:,} trainable parameters), learning rate {lr:g}")
+                callbacks = self.callbacks(phase, total, state, history, nan_guard)
+                model.fit(
+                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
+                    callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
+                )
+                if nan_guard.hit is not None:
+                    epoch, batch = nan_guard.hit
+                    raise TrainingError(
+                        f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1}; stopped. The best model so far "
+                        f"is in {self.run_dir / runs.BEST_KERAS}. Try a lower --lr or check the data"
+                    )
+                if phase == "finetune" and state["epoch"] < end:
+                    self.printer(f"Early stopping: no val_accuracy gain in {cfg.early_stopping_patience} epochs")
+                offset = end
+            state["finished"] = True
+            runs.write_state(self.run_dir, state)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.printer(f"\nInterrupted after epoch {state['epoch']}. Continue with: retreino train --resume {self.run_dir}")
+        run = Run(self.run_dir, cfg, list(self.dataset.class_names), history, state.get("best_epoch"), state.get("best"), interrupted)
+        self.finish(run)
+        return run
+
+    def callbacks(self, phase, total, state, history, nan_guard):
+        cfg = self.cfg
+        early = ResumableEarlyStopping(
+            saved=state.get("early_stopping") if state.get("phase") == "finetune" else None,
+            monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience, restore_best_weights=False,
+        )
+        reduce = ResumableReduceLR(
+            saved=state.get("reduce_lr") if state.get("phase") == "finetune" else None,
+            monitor=cfg.monitor, mode="max", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
+        )
+        recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor)
+        progress = EpochProgress(total, "warm-up" if phase == "warmup" else "fine-tune", printer=self.printer)
+        cbs = [nan_guard]
+        if phase == "finetune":
+            cbs += [early, reduce, SnapshotCallbacks(state, early, reduce)]
+        return cbs + [recorder, progress]
+
+    def save_best(self, model):
+        loaded = LoadedModel(model, self.info)
+        save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
+        save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+
+    def finish(self, run: Run):
+        if run.history:
+            try:
+                from .plots import plot_learning_curves
+
+                plot_learning_curves(run.history, self.run_dir / runs.CURVES)
+            except ImportError:
+                pass
+        try:
+            from .report import write_report
+
+            write_report(self.run_dir)
+        except ImportError:
+            pass
+        if run.best_epoch:
+            best = run.history[run.best_epoch - 1] if len(run.history) >= run.best_epoch else {}
+            self.printer(
+                f"Best epoch {run.best_epoch}: val_accuracy {run.best_val_accuracy:.3f}"
+                + (f", val_loss {best['val_loss']:.4f}" if best.get("val_loss") is not None else "")
+            )
+        files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
+        self.printer(f"Saved in {self.run_dir}: {', '.join(files)}")
+        if not run.interrupted:
+            self.printer(f"Next: retreino evaluate --run {self.run_dir}")
+
+    # -- reporting --------------------------------------------------------------------------------
+    def describe_data(self) -> str:
+        ds = self.dataset
+        lines = [f"Data: {self.cfg.data} ({ds.source}), {len(ds.class_names)} classes: {', '.join(ds.class_names)}"]
+        for split in ("train", "validation", "test"):
+            s = getattr(ds, split)
+            if s is None or len(s) == 0:
+                continue
+            counts = np.bincount(np.asarray(s.labels), minlength=len(ds.class_names))
+            per = ", ".join(f"{n} {c}" for c, n in zip(ds.class_names, counts))
+            lines.append(f"  {split:<10} {len(s):>6} images ({per})")
+        if ds.skipped:
+            lines.append(f"  skipped {len(ds.skipped)} unreadable file(s): see `retreino check-data {self.cfg.data}`")
+        return "\n".join(lines)
+
+    def print_trainable(self):
+        model = self.loaded.model
+        rows = trainable_report(model, self.cfg.unfreeze, self.cfg.train_bn)
+        self.printer(table([(n, c, s, f"{p:,}") for n, c, s, p in rows], headers=["layer", "type", "state", "params"], align="lllr"))
+        self.printer(
+            f"Trainable parameters: {count_params(model.trainable_weights):,} of {count_params(model.weights):,}"
+            + (f" (after a {self.cfg.warmup_epochs}-epoch head-only warm-up at {self.cfg.warmup_learning_rate:g})"
+               if self.prepared.new_head and self.cfg.warmup_epochs > 0 else "")
+        )
+
+    def config_record(self) -> dict:
+        ds = self.dataset
+        return {
+            "config": self.cfg.to_dict(),
+            "versions": versions(),
+            "data": {
+                "root": str(self.cfg.data),
+                "source": ds.source,
+                "class_names": list(ds.class_names),
+                "fingerprint": ds.fingerprint(),
+                "counts": ds.summary(),
+            },
+            "model": self.info.to_dict(),
+            "new_head": self.prepared.new_head,
+        }
+
+
+def _resume(run_dir: Path, printer=print) -> Run:
+    record = runs.read_json(run_dir, runs.CONFIG)
+    state = runs.read_json(run_dir, runs.STATE)
+    if not record or not state:
+        raise RetreinoError(f"{run_dir} is not a retreino run directory (no config.json/state.json)")
+    cfg = TrainConfig.from_dict(record["config"])
+    history = [row for row in runs.read_history(run_dir) if int(row["epoch"]) <= int(state["epoch"])]
+    if state.get("finished"):
+        printer(f"{run_dir} already finished ({state['epoch']} epochs); nothing to resume")
+        return Run(run_dir, cfg, record["data"]["class_names"], history, state.get("best_epoch"), state.get("best"))
+    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
+    resume_model = None
+    last = run_dir / runs.LAST
+    if state["epoch"] > 0 and last.exists():
+        resume_model = keras.saving.load_model(last, compile=True)
+        trainer.loaded = LoadedModel(resume_model, ModelInfo.from_dict(record["model"]))
+        if state.get("lr") is not None:
+            resume_model.optimizer.learning_rate.assign(state["lr"])
+    else:  # killed before the first epoch finished: start the phases afresh
+        base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
+        trainer.loaded = prepare_for_classes(base, record["data"]["class_names"], dropout=cfg.dropout, seed=cfg.seed).loaded
+    trainer.setup(fresh=False)
+    if list(trainer.dataset.class_names) != list(record["data"]["class_names"]):
+        raise RetreinoError(f"the classes in {cfg.data} changed since the run started; start a new run")
+    trainer.new_head = bool(record.get("new_head", True))
+    if resume_model is not None and state.get("phase") == "warmup" and state["epoch"] >= cfg.warmup_epochs:
+        resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
+        trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
+    printer(f"Resuming {run_dir} after epoch {state['epoch']}")
+    return trainer.fit(state, history, resume_model)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": sys.platform}
+    for pkg in ("retreino", "keras", "tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "pillow"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _default_name(cfg: TrainConfig) -> str:
+    data = Path(cfg.data).resolve().name or "data"
+    model = Path(str(cfg.model)).name
+    model = Path(model).stem if model.endswith((".h5", ".keras")) else model
+    return f"{data}-{model}"
