@@ -1,0 +1,65 @@
+"""retreino serve MODEL: a web page and REST API for predictions."""
+from __future__ import annotations
+
+from .common import add_model_args, model_kwargs
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model: a web page to drop images on and a REST API (POST /predict)",
+        description="Serve a model over HTTP: a page at / for people, POST /predict for scripts, OpenAPI docs at /docs.",
+    )
+    p.add_argument("model", help="model file or folder (Teachable Machine export, .h5, .keras, a retreino run)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--runtime", default="keras", help="forward-pass runtime passed to the Predictor (default keras)")
+    p.add_argument("--classes", metavar="A,B,...", help="class names to show instead of the model's own, in output order")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch", help="how images are fitted to the model's input (default stretch, as in training)")
+    g = p.add_argument_group("limits and batching")
+    g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
+    g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")
+    g.add_argument("--max-batch", type=int, default=32, metavar="N", help="most images in one model call (default 32)")
+    g.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS", help="how long a lone request waits for company (default 5)")
+    g.add_argument("--no-batching", action="store_true", help="one model call per image (same as --max-batch 1)")
+    g.add_argument("--quiet", action="store_true", help="no access log line per request")
+    add_model_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import RetreinoError
+
+    try:
+        from ..serve import ServeSettings, serve
+    except ModuleNotFoundError as exc:  # fastapi/uvicorn are an extra
+        raise RetreinoError(f"serving needs the serve extra ({exc.name} is missing): pip install 'retreino[serve]'") from exc
+
+    for flag, value, low in (("--max-file-mb", args.max_file_mb, 0), ("--max-files", args.max_files, 0), ("--max-batch", args.max_batch, 0)):
+        if not value > low:
+            raise RetreinoError(f"{flag} must be above {low}, not {value:g}")
+    if args.batch_wait_ms < 0:
+        raise RetreinoError(f"--batch-wait-ms must be 0 or more, not {args.batch_wait_ms:g}")
+    if not 0 <= args.port <= 65535:
+        raise RetreinoError(f"--port must be 0 to 65535, not {args.port}")
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if classes is not None and not all(classes):
+        raise RetreinoError(f"--classes has an empty name: {args.classes!r}")
+    settings = ServeSettings(
+        max_file_mb=args.max_file_mb,
+        max_files=args.max_files,
+        max_batch=1 if args.no_batching else args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        resize_mode=args.resize,
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        runtime=args.runtime,
+        settings=settings,
+        class_names=classes,
+        access_log=not args.quiet,
+        **model_kwargs(args),
+    )
+    return 0

@@ -1,0 +1,100 @@
+"""Load a model, warm it up, bind the port and run uvicorn: what `retreino serve` does."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import sys
+
+import numpy as np
+
+from ..errors import RetreinoError
+from .app import ServeSettings, create_app, model_name
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before uvicorn starts, so a busy port is one clear error instead of a log line and exit."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise RetreinoError(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = ": pick another with --port (or --port 0 for any free one)" if exc.errno in (98, 48, 10048) else ""
+        raise RetreinoError(f"cannot listen on {host}:{port} ({exc.strerror}){hint}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def warm_up(predictor) -> int:
+    """Run the model once on batches of 1 and 2 so the first request does not pay for
+    graph building and memory allocation; returns the number of probabilities per image."""
+    h, w = predictor.info.input_size
+    out = None
+    for n in (1, 2):
+        out = predictor.predict_pixels(np.zeros((n, h, w, 3), np.uint8))
+    return int(np.asarray(out).shape[-1])
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    runtime: str = "keras",
+    settings: ServeSettings | None = None,
+    class_names: list[str] | None = None,
+    access_log: bool = True,
+    **load_kwargs,
+) -> None:
+    """Serve `model` until interrupted (Ctrl+C or SIGTERM)."""
+    import uvicorn
+
+    from .. import load_model
+    from ..inference import Predictor
+
+    settings = settings or ServeSettings()
+    loaded = load_model(model, class_names=class_names, **load_kwargs)
+    predictor = Predictor(loaded, runtime=runtime, resize_mode=settings.resize_mode)
+    units = warm_up(predictor)
+    if units != len(predictor.class_names):
+        raise RetreinoError(f"the model gives {units} probabilities but has {len(predictor.class_names)} class names: {', '.join(predictor.class_names)}")
+
+    sock = bind_socket(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    app = create_app(predictor, settings, model_file=str(model))
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
+    # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    url = f"http://{url_host}:{bound_port}"
+    info = loaded.info
+    batching = f"up to {settings.max_batch} images, {settings.batch_wait_ms:g} ms wait" if settings.max_batch > 1 else "off"
+    print(
+        f"retreino serve: {model_name(str(model))} ({len(predictor.class_names)} classes: {', '.join(predictor.class_names)}; "
+        f"{info.input_size[0]}x{info.input_size[1]}; runtime {runtime})\n"
+        f"  page    {url}/\n"
+        f"  API     POST {url}/predict    docs {url}/docs\n"
+        f"  batching {batching}; limits {settings.max_file_mb:g} MB per file, {settings.max_files} files per request\n"
+        f"Press Ctrl+C to stop.",
+        flush=True,
+    )
+    if not is_loopback(bound_host):
+        print(f"warning: listening on {bound_host}: anyone who can reach this machine can use the model (there is no authentication)", file=sys.stderr, flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
