@@ -153,15 +153,7 @@ class _Trainer:
     # -- model ----------------------------------------------------------------------------------
     def compile(self, model, learning_rate: float):
         cfg = self.cfg
-        if self.binary:
-            loss = keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing)
-            metric = keras.metrics.BinaryAccuracy(name="accuracy")
-        else:
-            # Never binary cross-entropy on a 2-unit softmax: Keras accepts it and trains wrongly.
-            loss = keras.losses.CategoricalCrossentropy(
-                from_logits=self.info.head == "logits", label_smoothing=cfg.label_smoothing
-            )
-            metric = keras.metrics.CategoricalAccuracy(name="accuracy")
+        loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
         if cfg.optimizer.lower() != "adam":
             optimizer = keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": learning_rate}})
         else:
@@ -367,6 +359,18 @@ def _resume(run_dir: Path, printer=print) -> Run:
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
     printer(f"Resuming {run_dir} after epoch {state['epoch']}")
     return trainer.fit(state, history, resume_model)
+
+
+def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):
+    """The loss that matches the head: BCE for a 1-unit sigmoid, else categorical cross-entropy.
+
+    Never binary cross-entropy on a 2-unit softmax: Keras accepts it and trains wrongly.
+    """
+    if head == "sigmoid" and units == 1:
+        return (keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
+                keras.metrics.BinaryAccuracy(name="accuracy"))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=head == "logits", label_smoothing=label_smoothing)
+    return loss, keras.metrics.CategoricalAccuracy(name="accuracy")
 
 
 def versions() -> dict:

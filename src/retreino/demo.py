@@ -1,0 +1,80 @@
+"""`make demo` / `python -m retreino.demo`: the notebook's story end to end.
+
+Train -> evaluate -> predict on cats vs dogs ("Gato" / "Cachorro"). Offline it uses the data and
+the Teachable Machine export in ../shared when they exist; elsewhere it downloads the public
+`cats_and_dogs_filtered` archive and starts from ImageNet MobileNetV2 weights, through Keras.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ARCHIVE = "https://storage.googleapis.com/mledu-datasets/cats_and_dogs_filtered.zip"
+NAMES = "cats=Gato,dogs=Cachorro"
+
+
+def find_shared() -> Path | None:
+    for candidate in (os.environ.get("RETREINO_SHARED"), "../shared", "shared"):
+        if candidate and (Path(candidate) / "datasets" / "cats_vs_dogs").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+def download_data() -> Path:
+    from . import _env
+
+    _env.import_tensorflow()
+    import keras
+
+    path = Path(keras.utils.get_file("cats_and_dogs_filtered.zip", ARCHIVE, extract=True))
+    for candidate in (path, path.parent / "cats_and_dogs_filtered", path / "cats_and_dogs_filtered"):
+        if (candidate / "train").is_dir():
+            return candidate
+    raise SystemExit(f"downloaded {ARCHIVE} but found no train/ folder under {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (the notebook's 10)")
+    parser.add_argument("--runs-dir", default="runs")
+    args = parser.parse_args(argv)
+
+    from .cli import main as cli
+
+    shared = find_shared()
+    if shared is not None:
+        data = shared / "datasets" / "cats_vs_dogs"
+        model = shared / "models" / "teachable_machine" / "water_bottles"
+        print(f"Offline demo: {data} with the Teachable Machine export {model.name} as the starting model")
+    else:
+        data, model = download_data(), "mobilenet_v2"
+        print(f"Demo: {data} with ImageNet MobileNetV2 (downloaded by Keras)")
+
+    steps = [
+        ["train", "--model", str(model), "--data", str(data), "--epochs", str(args.epochs),
+         "--runs-dir", args.runs_dir, "--name", "demo"],
+    ]
+    code = cli(steps[0])
+    if code:
+        return code
+    run = sorted(Path(args.runs_dir).glob("demo*"), key=lambda p: p.stat().st_mtime)[-1]
+    test_dir = data / "test" if (data / "test").is_dir() else data / "validation"
+    cat = sorted((test_dir / "cats").iterdir())[0]
+    for step in (
+        ["evaluate", "--run", str(run)],
+        ["predict", str(run), str(cat), "--names", NAMES],
+        ["predict", str(run), str(test_dir), "--out", str(run / "test_predictions.csv"),
+         "--grid", str(run / "test_grid.png"), "--names", NAMES],
+    ):
+        print(f"\n$ retreino {' '.join(step)}")
+        code = cli(step)
+        if code:
+            return code
+    print(f"\nDone. Open {run / 'report.html'} in a browser.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

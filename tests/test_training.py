@@ -1,0 +1,157 @@
+"""Fine-tuning: surgery, loss choice, a real training run, resume after SIGKILL."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES
+from retreino import load_model
+from retreino.cli import main
+from retreino.models.graph import flatten_layers
+from retreino.models.summary import count_params
+from retreino.models.surgery import freeze_all_but_last, prepare_for_classes
+
+
+def test_last_n_counts_flattened_layers_and_keeps_batchnorm_frozen():
+    loaded = load_model(WATER_BOTTLES)
+    prepared = prepare_for_classes(loaded, ["cats", "dogs"])
+    model = prepared.loaded.model
+    assert prepared.new_head and model.output_shape == (None, 2)
+    trained = freeze_all_but_last(model, 5)
+    names = [layer.name for layer in trained]
+    # The last 5 layers with weights: block_16_project, its BN, Conv_1, its BN, the new head.
+    assert names == ["block_16_project", "Conv_1", "retreino_head"]
+    assert all(not layer.trainable for layer in flatten_layers(model) if layer.__class__.__name__ == "BatchNormalization")
+    assert count_params(model.trainable_weights) == sum(count_params(layer.weights) for layer in trained)
+    assert count_params(model.trainable_weights) < count_params(model.weights)
+    # The notebook's way, model.layers[-5:], would have unfrozen the whole nested backbone:
+    assert len(model.layers) < 5
+    with_bn = freeze_all_but_last(model, 5, train_bn=True)
+    assert [layer.name for layer in with_bn] == ["block_16_project", "block_16_project_BN", "Conv_1", "Conv_1_bn", "retreino_head"]
+
+
+def test_head_kept_when_classes_match():
+    loaded = load_model(WATER_BOTTLES)
+    prepared = prepare_for_classes(loaded, ["5 Galoon", "500ML"])
+    assert not prepared.new_head and prepared.loaded.model is loaded.model
+
+
+@pytest.mark.parametrize(
+    "head,units,loss",
+    [("softmax", 2, "CategoricalCrossentropy"), ("softmax", 5, "CategoricalCrossentropy"),
+     ("sigmoid", 1, "BinaryCrossentropy"), ("logits", 3, "CategoricalCrossentropy")],
+)
+def test_loss_follows_head(head, units, loss):
+    from retreino.training import loss_and_metric
+
+    loss_obj, metric = loss_and_metric(head, units, label_smoothing=0.0)
+    assert type(loss_obj).__name__ == loss
+    assert getattr(loss_obj, "from_logits", False) == (head == "logits")
+    assert metric.name == "accuracy"
+
+
+def _subset(root: Path, n_train: int, n_val: int) -> Path:
+    for split, n in (("train", n_train), ("validation", n_val)):
+        for cls in ("cats", "dogs"):
+            dst = root / split / cls
+            dst.mkdir(parents=True)
+            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
+                os.symlink(f, dst / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """The acceptance run: water_bottles re-headed to cats/dogs, 2 epochs on 100+100 training images."""
+    from retreino import train
+
+    data = _subset(tmp_path_factory.mktemp("data"), 100, 50)
+    runs = tmp_path_factory.mktemp("runs")
+    return train(model=str(WATER_BOTTLES), data=str(data), epochs=1, warmup_epochs=1, runs_dir=str(runs), name="cats")
+
+
+def test_training_run_learns_and_writes_every_file(trained_run):
+    run = trained_run
+    assert len(run.history) == 2 and [r["phase"] for r in run.history] == ["warmup", "finetune"]
+    assert max(r["val_accuracy"] for r in run.history) > 0.8
+    d = run.dir
+    for name in ("config.json", "fine_tuned_model.keras", "fine_tuned_model.h5", "last.keras", "labels.txt",
+                 "history.csv", "learning_curves.png", "report.html"):
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, name
+    best = load_model(d)
+    assert best.class_names == ["cats", "dogs"] and best.info.preprocessing == "tf"
+    h5 = load_model(d / "fine_tuned_model.h5")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(h5.model(x)), np.asarray(best.model(x)), atol=1e-6)
+    import keras
+
+    assert keras.saving.load_model(d / "last.keras").optimizer is not None
+    assert (d / "labels.txt").read_text() == "0 cats\n1 dogs\n"
+    with open(d / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    record = json.loads((d / "config.json").read_text())
+    assert record["config"]["unfreeze"] == 5 and record["config"]["learning_rate"] == 1e-5
+    assert record["data"]["fingerprint"] and record["versions"]["keras"]
+    assert (d / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(d.glob(".*"))  # no temporary files left behind
+
+
+def test_dry_run_lists_trainable_layers(capsys, tmp_path):
+    data = _subset(tmp_path / "data", 10, 5)
+    assert main(["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "Conv_1" in out and "trains" in out and "inference mode" in out
+    assert "Trainable parameters: 183,554" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
+    data = _subset(tmp_path / "data", 30, 10)
+    args = ["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp_path / "runs"),
+            "--name", "nan", "--warmup-epochs", "1", "--epochs", "3", "--no-augment"]
+    # A learning rate of 1e12 in fine-tuning blows the weights up within an epoch.
+    assert main(args + ["--lr", "1e12"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN" in err and len(err.strip().splitlines()) == 1
+    run = tmp_path / "runs" / "nan"
+    assert load_model(run).class_names == ["cats", "dogs"]  # the warm-up's best model survived
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    data = _subset(tmp_path / "data", 60, 20)
+    run = tmp_path / "runs" / "killed"
+    cmd = [sys.executable, "-m", "retreino", "train", "--model", str(WATER_BOTTLES), "--data", str(data),
+           "--runs-dir", str(tmp_path / "runs"), "--name", "killed", "--warmup-epochs", "1", "--epochs", "3"]
+    env = {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = run / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text()).get("epoch", 0) >= 2:
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()
+        time.sleep(0.2)
+    time.sleep(1.0)  # into epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 2 <= done < 4, "the kill must land before the run finished"
+    resumed = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming {run} after epoch {done}" in resumed.stdout
+    with open(run / "history.csv") as fh:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(fh)]
+    assert epochs == [1, 2, 3, 4]  # every epoch exactly once, the same count as an uninterrupted run
+    assert load_model(run).class_names == ["cats", "dogs"]
+    assert json.loads(state.read_text())["finished"] is True
