@@ -74,26 +74,36 @@ class Run:
         return f"<Run {str(self.dir)!r} epochs={len(self.history)} best_val_accuracy={best}>"
 
 
-def train(config: TrainConfig | None = None, *, resume: str | Path | None = None, dry_run: bool = False, printer=print, **overrides) -> Run | None:
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    dry_run: bool = False,
+    printer=print,
+    callbacks: list | None = None,
+    **overrides,
+) -> Run | None:
     """Fine-tune a model on a folder of images; returns the Run (None for a dry run).
 
     `config` holds every setting (see `TrainConfig`); keyword overrides win over it.
     `resume=runs/<name>` continues an interrupted run to the same epoch count.
+    `callbacks` are extra Keras callbacks (e.g. a tuner's pruning callback), run after retreino's own.
 
     >>> run = train(model="../shared/models/teachable_machine/water_bottles",
     ...             data="../shared/datasets/cats_vs_dogs", epochs=2)  # doctest: +SKIP
     """
     if resume is not None:
-        return _resume(Path(resume), printer=printer)
+        return _resume(Path(resume), printer=printer, callbacks=callbacks)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not cfg.model or not cfg.data:
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
-    return _Trainer(cfg, printer=printer).run(dry_run=dry_run)
+    return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, printer=print, run_dir: Path | None = None):
+    def __init__(self, cfg: TrainConfig, printer=print, run_dir: Path | None = None, callbacks: list | None = None):
         self.cfg, self.printer, self.run_dir = cfg, printer, run_dir
+        self.extra_callbacks = list(callbacks or [])
 
     def setup(self, fresh: bool):
         from .data import load_dataset
@@ -255,7 +265,7 @@ class _Trainer:
         cbs = [nan_guard]
         if phase == "finetune":
             cbs += [early, reduce, SnapshotCallbacks(state, early, reduce)]
-        return cbs + [recorder, progress]
+        return cbs + [recorder, progress] + self.extra_callbacks
 
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
@@ -329,7 +339,7 @@ class _Trainer:
         }
 
 
-def _resume(run_dir: Path, printer=print) -> Run:
+def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     record = runs.read_json(run_dir, runs.CONFIG)
     state = runs.read_json(run_dir, runs.STATE)
     if not record or not state:
@@ -339,7 +349,7 @@ def _resume(run_dir: Path, printer=print) -> Run:
     if state.get("finished"):
         printer(f"{run_dir} already finished ({state['epoch']} epochs); nothing to resume")
         return Run(run_dir, cfg, record["data"]["class_names"], history, state.get("best_epoch"), state.get("best"))
-    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
+    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir, callbacks=callbacks)
     resume_model = None
     last = run_dir / runs.LAST
     if state["epoch"] > 0 and last.exists():
