@@ -89,3 +89,30 @@ def read_image(source, size: tuple[int, int] | None = None, mode: str = "stretch
     if size is not None:
         im = resize(im, size, mode)
     return np.asarray(im, dtype=np.uint8)
+
+
+# Magic numbers of the formats we decode: the content decides the format, never the extension.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+# What each extension claims to be.
+EXTENSION_FORMATS = {
+    ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".jfif": "jpeg", ".png": "png", ".gif": "gif",
+    ".bmp": "bmp", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff",
+}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce ("jpeg", "png", ...), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    return None
