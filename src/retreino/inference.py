@@ -1,16 +1,20 @@
 """From pixels to class probabilities: the one forward path shared by predict, evaluate and serve.
 
-A Predictor hides the runtime (Keras today; ONNX Runtime / LiteRT plug in through `runtimes`)
-and the head type: callers always get one probability per class, summing to 1 for a softmax
-or logits head, [1 - p, p] for a 1-unit sigmoid.
+A Predictor hides the runtime (Keras, ONNX Runtime, LiteRT, SavedModel; see `runtimes`) and
+the head type: callers always get one probability per class, summing to 1 for a softmax or
+logits head, [1 - p, p] for a 1-unit sigmoid. Scaling happens here, once, from the model's
+recorded preprocessing, so no runtime can disagree about it.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .data.images import read_image
+from .errors import RetreinoError
 from .models.info import LoadedModel
 from .preprocessing import scale_pixels_np
 
@@ -28,46 +32,54 @@ def probabilities(outputs: np.ndarray, head: str) -> np.ndarray:
 
 
 class Predictor:
-    """Predict class probabilities for images with a loaded model.
+    """Predict class probabilities for images with a loaded model or an export.
+
+    `runtime`: "keras", "onnx", "tflite", "tflite-int8", "savedmodel", or "auto" (the default):
+    the fastest export of this model file that passed its parity check and beat Keras when it
+    was measured, else Keras. A named runtime other than keras needs an export
+    (`retreino export`) in the model's `exports/` folder.
 
     >>> p = Predictor(load_model("runs/cats"))          # doctest: +SKIP
+    >>> p.runtime                                        # doctest: +SKIP
+    'tflite'
     >>> p.predict_images(["cat.jpg"]).round(3)           # doctest: +SKIP
     array([[0.974, 0.026]], dtype=float32)
     """
 
-    def __init__(self, loaded: LoadedModel, runtime: str = "keras", resize_mode: str = "stretch"):
-        if loaded.info.head == "features":
-            from .errors import RetreinoError
+    def __init__(self, loaded, runtime: str = "auto", resize_mode: str = "stretch"):
+        from . import runtimes
 
+        if isinstance(loaded, (str, os.PathLike)):
+            backend = _open_path(Path(loaded), runtime)
+            loaded = LoadedModel(getattr(backend, "model", None), backend.info)
+        elif isinstance(runtime, runtimes.Runtime):
+            backend = runtime
+        else:
+            backend = _pick(loaded, runtime)
+        if loaded.info.head == "features":
             raise RetreinoError("this model has no classification head (a bare backbone): train it first")
         self.loaded = loaded
-        self.info = loaded.info
-        self.runtime = runtime
+        self.info = backend.info if backend.info is not None else loaded.info
+        self.backend = backend
+        self.runtime = backend.name
         self.resize_mode = resize_mode
-        self._forward = self._keras_forward()
+
+    @classmethod
+    def from_export(cls, path, resize_mode: str = "stretch") -> "Predictor":
+        """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed."""
+        return cls(path, runtime="export", resize_mode=resize_mode)
 
     @property
     def class_names(self) -> list[str]:
         if self.info.class_names:
             return list(self.info.class_names)
-        n = probabilities(np.zeros((1, self._units()), np.float32), self.info.head).shape[-1]
+        n = probabilities(np.zeros((1, self.backend.output_units), np.float32), self.info.head).shape[-1]
         return [f"class_{i}" for i in range(n)]
-
-    def _units(self) -> int:
-        return int(self.loaded.model.output_shape[-1])
-
-    def _keras_forward(self):
-        model = self.loaded.model
-
-        def forward(x: np.ndarray) -> np.ndarray:
-            return np.asarray(model(x, training=False))
-
-        return forward
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 or float pixels in [0, 255], shape (N, H, W, 3) at the model's input size."""
         x = scale_pixels_np(pixels, self.info.preprocessing)
-        return probabilities(self._forward(x), self.info.head)
+        return probabilities(self.backend(x), self.info.head)
 
     def load_pixels(self, source) -> np.ndarray:
         return read_image(source, self.info.input_size, self.resize_mode)
@@ -76,6 +88,49 @@ class Predictor:
         """Paths, bytes or file objects -> (N, classes) probabilities, in batches."""
         outs = [self.predict_pixels(np.stack([self.load_pixels(s) for s in chunk])) for chunk in _chunks(sources, batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0, len(self.class_names)), np.float32)
+
+
+def _pick(loaded: LoadedModel, runtime: str):
+    from . import runtimes
+
+    if runtime not in runtimes.RUNTIME_CHOICES:
+        raise RetreinoError(f"unknown runtime {runtime!r}: use one of {' | '.join(runtimes.RUNTIME_CHOICES)}")
+    source = loaded.info.source
+    if runtime == "auto":
+        record = runtimes.best_export(source)
+        if record is None:
+            return runtimes.KerasRuntime(loaded.model, loaded.info)
+        return _open_checked(record, loaded)
+    if runtime == "keras":
+        return runtimes.KerasRuntime(loaded.model, loaded.info)
+    return _open_checked(runtimes.export_for(source, runtime), loaded)
+
+
+def _open_checked(record, loaded: LoadedModel):
+    from . import runtimes
+
+    if record.info.class_names and loaded.info.class_names and record.info.class_names != loaded.info.class_names:
+        raise RetreinoError(
+            f"the {record.format} export in {record.folder} names classes {record.info.class_names}, "
+            f"the model {loaded.info.class_names}: re-export it"
+        )
+    return runtimes.open_record(record)
+
+
+def _open_path(path: Path, runtime: str):
+    """A path given to Predictor: an export folder/file, or a model that `load_model` reads."""
+    from . import runtimes
+
+    if not path.exists():
+        raise RetreinoError(f"no such model or export: {path}")
+    is_export = runtimes.is_export(path)
+    if is_export and runtime in ("auto", "export"):
+        return runtimes.load_runtime(path)
+    if runtime == "export":
+        raise RetreinoError(f"{path} is not a retreino export (no {runtimes.META_FILE} beside it)")
+    from .models import load_model
+
+    return _pick(load_model(path), runtime)
 
 
 def _chunks(items: Sequence, n: int) -> Iterable[Sequence]:

@@ -129,6 +129,10 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         class_names=class_names,
         preprocessing="tf" if is_tm else None,
     )
+    saved = read_metadata(path)
+    if saved is not None:  # a Keras 2 H5 written by `retreino export`: labels and scaling recorded
+        saved.source = str(path)
+        info = saved
     return LoadedModel(model, info)
 
 
