@@ -71,7 +71,8 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     files: dict[str, FileInfo] = field(default_factory=dict)  # scan results by path
-    origin: dict[str, str] = field(default_factory=dict)  # split name -> "folder" | "carved from train" ...
+    origin: dict[str, str] = field(default_factory=dict)  # split name -> where it came from
+    membership: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (split, class), bad files too
 
     @property
     def fatal(self) -> list[Problem]:
@@ -396,7 +397,8 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
         splits[name] = Split(name, paths, np.asarray(labels, dtype=np.int64), classes) if paths or name == "train" else None
 
     ds = Dataset(str(root), source, classes, splits["train"], splits["validation"], splits["test"],
-                 files=infos, skipped=[i.path for i in bad], origin=origin)
+                 files=infos, skipped=[i.path for i in bad], origin=origin,
+                 membership={str(p): (name, c) for name, split in parts.items() for c, files in split.items() for p in files})
     ds.problems = _dedupe(problems) + dataset_problems(ds, infos, parts)
 
     if bad:
