@@ -98,15 +98,27 @@ def test_augmentation_matches_image_data_generator_transform():
     """One combined warp == Keras 2 ImageDataGenerator.apply_transform for the same parameters."""
     from tf_keras.preprocessing.image import ImageDataGenerator
 
-    from retreino.data.augment import compose_affine, warp
+    from retreino.data.augment import compose_affine, warp, warp_numpy
 
     x = read_image(real_images("train", "cats", 1)[0], (120, 120)).astype(np.float32)
     idg = ImageDataGenerator(fill_mode="nearest")
     for theta, tx, ty, zx, zy, flip in [(15.0, 20.0, -30.0, 1.0, 1.0, False), (-20.0, 7.5, 3.0, 1.1, 0.9, True)]:
         want = idg.apply_transform(x, {"theta": theta, "tx": tx, "ty": ty, "zx": zx, "zy": zy, "flip_horizontal": flip})
         m = compose_affine([math.radians(theta)], [tx], [ty], [zx], [zy], [float(flip)], [0.0], 120, 120)
-        got = np.asarray(warp(x[None], m))[0]
+        got = np.asarray(warp(x[None], m))[0]  # TensorFlow kernel, float
         np.testing.assert_allclose(got, want, atol=0.05)
+        fast = warp_numpy(x[None].astype(np.uint8), np.asarray(m))[0]  # OpenCV, uint8 like the cache
+        assert np.abs(fast - want).max() <= 1.5 and np.abs(fast - want).mean() < 0.5
+
+
+@pytest.mark.parametrize("backend", ["opencv", "tf"])
+def test_both_warp_backends_give_the_same_augmentation(subset, backend, monkeypatch):
+    monkeypatch.setenv("RETREINO_AUGMENT_BACKEND", backend)
+    kw = dict(image_size=(64, 64), batch_size=8, training=True, augment=AugmentConfig(), seed=5, preprocessing="raw")
+    x, _ = next(iter(make_pipeline(subset.validation, **kw)))
+    monkeypatch.setenv("RETREINO_AUGMENT_BACKEND", "tf" if backend == "opencv" else "opencv")
+    other, _ = next(iter(make_pipeline(subset.validation, **kw)))
+    assert np.abs(np.asarray(x) - np.asarray(other)).mean() < 0.5
 
 
 def test_notebook_augmentation_yields_valid_batches(subset):

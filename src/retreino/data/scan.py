@@ -99,8 +99,12 @@ def scan_file(path: str, deep: bool = False, digest: bool = True) -> FileInfo:
             with Image.open(io.BytesIO(data)) as im:
                 fmt = fmt or (im.format or "").lower() or None
                 info.width, info.height, info.mode = im.width, im.height, im.mode
-    except Image.DecompressionBombError:
-        return bad("too_large", "too many pixels (decompression bomb)")
+    except Image.DecompressionBombError as exc:
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(m.group(1)):,} pixels: " if m else ""
+        return bad("too_large", f"{count}too many to decode safely (decompression bomb?)")
     except Exception:
         if fmt is None:
             head = data[:24]
