@@ -344,11 +344,12 @@ class RowWriter:
 
 
 def _round(v):
-    return None if v is None else round(float(v), 6)
+    return None if v is None else float(f"{float(v):.9g}")
 
 
 def _fmt_prob(v) -> str:
-    return "" if v is None else f"{float(v):.6f}"
+    # Significant digits, not decimals: a 3e-9 probability must survive for log-loss to be recomputable.
+    return "" if v is None else f"{float(v):.9g}"
 
 
 def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, batch_size: int = 32,
