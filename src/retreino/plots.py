@@ -232,8 +232,7 @@ def image_grid_figure(items: Sequence[Mapping[str, Any]], title: str = "", cols:
     n = len(items)
     with _style():
         if n == 0:
-            fig = _figure(6, 1.6)
-            fig.text(0.5, 0.5, "nothing to show", ha="center", va="center", color="grey", fontsize=12)
+            fig = _figure(7, 0.9)
             if title:
                 fig.suptitle(title)
             return fig

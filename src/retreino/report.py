@@ -36,7 +36,7 @@ h3 { font-size: 15px; margin: 18px 0 6px; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid var(--line); padding: 5px 12px; text-align: left; }
 th { background: var(--bg); font-weight: 600; }
-td.num { text-align: right; }
+td.num, table#metrics td:nth-child(2) { text-align: right; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 10px 0 14px; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 18px; min-width: 150px; background: white; }
 .card .v { font-size: 24px; font-weight: 600; }
@@ -187,18 +187,19 @@ def _metrics_section(metrics: dict | None, history: list[dict], class_report: st
     parts = ['<section id="metrics-section"><h2>Metrics</h2>']
     if metrics:
         split = metrics.get("split", "test")
-        rows: list[list[Any]] = [["accuracy", metrics.get("accuracy")]]
+        rows: list[list[Any]] = [["accuracy", _fmt(metrics.get("accuracy"), pct=True)]]
         if metrics.get("loss") is not None:
-            rows.append(["loss (cross-entropy)", metrics.get("loss")])
+            rows.append(["loss (cross-entropy)", _fmt(metrics.get("loss"))])
         for k, v in (metrics.get("top_k_accuracy") or {}).items():
-            rows.append([f"top-{k} accuracy", v])
+            rows.append([f"top-{k} accuracy", _fmt(v, pct=True)])
         if metrics.get("roc_auc") is not None:
-            rows.append(["ROC-AUC", metrics.get("roc_auc")])
-        rows.append(["images", metrics.get("n")])
+            rows.append(["ROC-AUC", _fmt(metrics.get("roc_auc"))])
+        rows.append(["images", _fmt(metrics.get("n"))])
         if metrics.get("errors"):
-            rows.append(["unreadable images (skipped)", metrics.get("errors")])
-        parts.append(f"<p class=\"muted\">On the {_e(split)} split"
-                     + (f" of <code>{_e(metrics.get('data'))}</code>" if metrics.get("data") else "") + ".</p>")
+            rows.append(["unreadable images (skipped)", _fmt(metrics.get("errors"))])
+        where = metrics.get("data") or f"{split} split"
+        model = f" by <code>{_e(metrics['model'])}</code>" if metrics.get("model") else ""
+        parts.append(f"<p class=\"muted\">Measured on the {_e(where)}{model}.</p>")
         parts.append(_table([[k, v] for k, v in rows], ["metric", "value"], table_id="metrics"))
         per_class = metrics.get("per_class") or {}
         if per_class:
@@ -220,10 +221,10 @@ def _metrics_section(metrics: dict | None, history: list[dict], class_report: st
             last = history[-1]
             if va:
                 v, i = max(va, key=lambda t: (t[0], -t[1]))
-                rows.append(["best validation accuracy", v, f"epoch {i + 1}"])
-                rows.append(["validation loss at best", _num(history[i].get("val_loss")), f"epoch {i + 1}"])
-            rows.append(["final training accuracy", _num(last.get("accuracy")), f"epoch {len(history)}"])
-            rows.append(["final training loss", _num(last.get("loss")), f"epoch {len(history)}"])
+                rows.append(["best validation accuracy", _fmt(v, pct=True), f"epoch {i + 1}"])
+                rows.append(["validation loss at best", _fmt(_num(history[i].get("val_loss"))), f"epoch {i + 1}"])
+            rows.append(["final training accuracy", _fmt(_num(last.get("accuracy")), pct=True), f"epoch {len(history)}"])
+            rows.append(["final training loss", _fmt(_num(last.get("loss"))), f"epoch {len(history)}"])
         parts.append('<p class="muted">Not evaluated on the test split yet: run '
                      '<code>retreino evaluate --run RUN_DIR</code> to add test metrics.</p>')
         parts.append(_table(rows, ["metric", "value", "when"], table_id="metrics"))
