@@ -65,9 +65,11 @@ class Run:
 
     def plot_history(self):
         """Learning curves (accuracy and loss, train vs validation) as a matplotlib Figure."""
-        from .plots import plot_learning_curves
+        from .plots import learning_curves_figure, read_history, save_figure
 
-        return plot_learning_curves(self.history, self.dir / runs.CURVES)
+        fig = learning_curves_figure(read_history(self.history))
+        save_figure(fig, self.dir / runs.CURVES)
+        return fig
 
     def __repr__(self) -> str:
         best = f"{self.best_val_accuracy:.3f}" if self.best_val_accuracy is not None else "-"
@@ -164,10 +166,11 @@ class _Trainer:
     def compile(self, model, learning_rate: float):
         cfg = self.cfg
         loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
-        if cfg.optimizer.lower() != "adam":
-            optimizer = keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": learning_rate}})
-        else:
-            optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+                      "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
+        if cfg.optimizer.lower() not in optimizers:
+            raise RetreinoError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(optimizers)}")
+        optimizer = optimizers[cfg.optimizer.lower()](learning_rate=learning_rate)
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
 
     def phases(self) -> list[tuple[str, int, float]]:
@@ -332,7 +335,8 @@ class _Trainer:
                 "source": ds.source,
                 "class_names": list(ds.class_names),
                 "fingerprint": ds.fingerprint(),
-                "counts": ds.summary(),
+                "counts": split_counts(ds),
+                "skipped": list(ds.skipped),
             },
             "model": self.info.to_dict(),
             "new_head": self.prepared.new_head,
@@ -381,6 +385,17 @@ def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):
                 keras.metrics.BinaryAccuracy(name="accuracy"))
     loss = keras.losses.CategoricalCrossentropy(from_logits=head == "logits", label_smoothing=label_smoothing)
     return loss, keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def split_counts(ds) -> dict:
+    """{split: {class: images}} for config.json and the report."""
+    out = {}
+    for split in ("train", "validation", "test"):
+        s = getattr(ds, split)
+        if s is not None and len(s):
+            counts = np.bincount(np.asarray(s.labels), minlength=len(ds.class_names))
+            out[split] = {c: int(n) for c, n in zip(ds.class_names, counts)}
+    return out
 
 
 def versions() -> dict:
