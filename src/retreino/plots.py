@@ -38,10 +38,26 @@ STYLE = {
 }
 
 
-def _figure(width: float, height: float):
-    from matplotlib.figure import Figure
+_FIGURE_CLASS = None
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+def _figure(width: float, height: float):
+    global _FIGURE_CLASS
+    if _FIGURE_CLASS is None:
+        from matplotlib.figure import Figure
+
+        class RetreinoFigure(Figure):
+            """A Figure that shows itself in Jupyter even when pyplot (and its inline hook) was never imported."""
+
+            def _repr_png_(self) -> bytes:
+                import io
+
+                buf = io.BytesIO()
+                self.savefig(buf, format="png", dpi=DPI, facecolor="white")
+                return buf.getvalue()
+
+        _FIGURE_CLASS = RetreinoFigure
+    return _FIGURE_CLASS(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
 def save_figure(fig, out_path: str | os.PathLike) -> Path:

@@ -42,7 +42,6 @@ def run(args) -> int:
     from ..errors import RetreinoError
     from ..prediction import (
         RowWriter, as_loaded, as_predictor, find_images, iter_predict_folder, parse_names, predict, show_predictions,
-        summarize_rows,
     )
 
     if args.top_k < 1:
@@ -60,7 +59,7 @@ def run(args) -> int:
 
     writer = RowWriter(args.out, display, args.top_k, args.format) if args.out else None
     grid_at = _spread(len(files), args.grid_size) if args.grid else set()
-    shown, rows_for_summary = [], []
+    shown, tally = [], Tally()
     ok = False
     try:
         for i, row in enumerate(iter_predict_folder(predictor, None, args.batch_size, args.top_k, display,
@@ -73,25 +72,45 @@ def run(args) -> int:
                 _print_row(row, args.top_k)
             if i in grid_at:
                 shown.append(row)
-            # Only what the summary needs, so memory stays flat for any number of images.
-            rows_for_summary.append({k: row[k] for k in ("predicted", "correct", "error")} | {"path": ""})
+            # Counters only, so memory stays flat for any number of images.
+            tally.add(row)
         ok = True
     finally:
         if writer:
             writer.close(ok=ok)
-    s = summarize_rows(rows_for_summary)
-    line = f"{s['images']} image(s): " + ", ".join(f"{k} {v}" for k, v in s["predicted"].items())
-    if s["unreadable"]:
-        line += f", unreadable {s['unreadable']}"
-    if s["accuracy"] is not None:
-        line += f"; accuracy {s['accuracy']:.1%} on {s['with_known_class']} with a class folder"
-    print(line, file=sys.stderr)
+    print(tally.line(), file=sys.stderr)
     if writer:
         print(f"wrote {writer.count} row(s) to {writer.out}", file=sys.stderr)
     if args.grid:
         show_predictions(shown, args.grid, max_images=args.grid_size)
         print(f"wrote {args.grid}", file=sys.stderr)
     return 0
+
+
+class Tally:
+    """Running counts for the closing summary line."""
+
+    def __init__(self):
+        self.images = self.unreadable = self.known = self.correct = 0
+        self.predicted: dict[str, int] = {}
+
+    def add(self, row) -> None:
+        self.images += 1
+        if row.get("error"):
+            self.unreadable += 1
+            return
+        self.predicted[row["predicted"]] = self.predicted.get(row["predicted"], 0) + 1
+        if row.get("correct") is not None:
+            self.known += 1
+            self.correct += bool(row["correct"])
+
+    def line(self) -> str:
+        text = f"{self.images} image(s): " + ", ".join(f"{k} {v}" for k, v in sorted(self.predicted.items()))
+        if self.unreadable:
+            text += f", unreadable {self.unreadable}"
+        if self.known:
+            text += f"; accuracy {self.correct / self.known:.1%} on the {self.known} in a class folder"
+        return text
 
 
 def _spread(n: int, k: int) -> set[int]:
