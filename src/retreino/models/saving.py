@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True)
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise ValueError(f"save_model writes .keras or .h5, not {path.name}")
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _quiet_h5_warning():
         loaded.model.save(tmp)
         if suffix == ".keras":
             with zipfile.ZipFile(tmp, "a") as zf:
@@ -36,6 +38,18 @@ def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True)
     if write_labels and loaded.info.class_names:
         write_text(path.parent / "labels.txt", labels_text(loaded.info.class_names))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_h5_warning():
+    """Keras logs "HDF5 is legacy" on every H5 save; writing H5 is deliberate here (compatibility)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def read_metadata(path: str | Path) -> ModelInfo | None:
