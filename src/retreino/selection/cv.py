@@ -45,6 +45,8 @@ FOLD_METRICS = "fold_metrics.json"
 METRICS = ("accuracy", "macro_f1", "loss", "roc_auc")
 # Settings that name where things go rather than what is trained: they may differ on a resume.
 _WHERE = ("runs_dir", "name", "cache_budget_mb")
+# train's closing lines, which would repeat on every fold; the summary says where everything is.
+_REPEATED = ("Next:", "Saved in")
 
 
 @dataclass
@@ -139,7 +141,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
         countdown.start()
         run = _train_fold(cfg, cv_dir, k, [p for p, h in zip(paths, held_out) if not h], labels[~held_out],
                           [p for p, h in zip(paths, held_out) if h], labels[held_out], classes,
-                          IndentPrinter(printer, skip=("Data:",) if k > 1 else ()))
+                          IndentPrinter(printer, skip=_REPEATED + (("Data:",) if k > 1 else ())))
         if run.interrupted:
             raise KeyboardInterrupt
         record = _measure_fold(run, k, int((~held_out).sum()), [p for p, h in zip(paths, held_out) if h], labels[held_out], classes)
@@ -266,8 +268,11 @@ def format_table(summary: dict) -> str:
     for r in summary["per_fold"]:
         rows.append([r["fold"], r.get("train_images") or "", r["validation_images"]]
                     + [f"{r[k]:.4f}" for k in keys] + [r.get("best_epoch") or "", r["epochs"], duration(r.get("seconds"))])
-    rows.append(["mean +/- std", "", ""] + [f"{summary['mean'][k]:.4f} +/- {summary['std'][k]:.4f}" for k in keys] + ["", "", ""])
-    return table(rows, headers=head, align="lrr" + "r" * len(keys) + "rrr")
+    rows.append(["mean", "", ""] + [f"{summary['mean'][k]:.4f}" for k in keys] + ["", "", ""])
+    rows.append(["std (n-1)", "", ""] + [f"{summary['std'][k]:.4f}" for k in keys] + ["", "", ""])
+    text = table(rows, headers=head, align="lrr" + "r" * len(keys) + "rrr").split("\n")
+    rule = text[1]
+    return "\n".join(text[:-2] + [rule] + text[-2:])
 
 
 def plot_boxplot(summary: dict, out_path: Path) -> Path:
@@ -293,7 +298,7 @@ def plot_boxplot(summary: dict, out_path: Path) -> Path:
             m, s = summary["mean"][key], summary["std"][key]
             ax.scatter([1], [m], marker="D", s=46, color="black", zorder=4, label="mean")
             ax.set_title(titles.get(key, key))
-            ax.set_xticks([1], [f"{m:.3f} \u00b1 {s:.3f}"])
+            ax.set_xticks([1], [f"mean {m:.3f} \u00b1 {s:.3f}"])
             ax.grid(axis="x", visible=False)
             lo, hi = float(values.min()), float(values.max())
             pad = max(0.02, (hi - lo) * 0.25)

@@ -187,22 +187,22 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
         index = done + i + 1
         printer(countdown.line(index, trials - index + 1, _describe_params(params)))
         countdown.start()
-        outcome = _run_trial(study, trial, cfg, IndentPrinter(printer, skip=("Data:",) if index > 1 else ()))
+        outcome = _run_trial(study, trial, cfg, IndentPrinter(printer, skip=("Next:", "Saved in") + (("Data:",) if index > 1 else ())))
         took = countdown.stop()
         trial_row = _row(study.trials[trial.number])
         best = _best(study)
         if outcome == "complete":
-            printer(f"trial {index}/{trials} ({trial.number}) done in {duration(took)}: val_accuracy "
+            printer(f"trial {index}/{trials} [{cfg.name}] done in {duration(took)}: val_accuracy "
                     f"{trial_row['val_accuracy']:.3f}; best so far {best['val_accuracy']:.3f} (trial {best['trial']})")
         elif outcome == "pruned":
-            printer(f"trial {index}/{trials} ({trial.number}) pruned after epoch {trial_row['epochs']} "
+            printer(f"trial {index}/{trials} [{cfg.name}] pruned after epoch {trial_row['epochs']} "
                     f"(val_accuracy {_fmt(trial_row['val_accuracy'])}, below earlier trials at that epoch)")
         else:
-            printer(f"trial {index}/{trials} ({trial.number}) failed: {study.trials[trial.number].user_attrs.get('error')}")
+            printer(f"trial {index}/{trials} [{cfg.name}] failed: {study.trials[trial.number].user_attrs.get('error')}")
         if outcome == "interrupted":
             raise KeyboardInterrupt
 
-    return write_outputs(study, base, tune_dir, trials, printer)
+    return write_outputs(study, base, tune_dir, trials, printer, name=name)
 
 
 def pruning_callback(trial, monitor: str = "val_accuracy"):
@@ -352,7 +352,7 @@ def leaderboard(study) -> list[dict]:
     return rows
 
 
-def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer=print) -> TuneResult:
+def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer=print, name: str | None = None) -> TuneResult:
     rows = leaderboard(study)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -366,7 +366,8 @@ def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer
     if best is not None:
         # The trial's own config.json, so nothing is re-derived: only where results go is reset.
         record = runs.read_json(Path(best["run_dir"]), runs.CONFIG)["config"]
-        best_cfg = dataclasses.replace(TrainConfig.from_dict(record), runs_dir=base.runs_dir, name=base.name)
+        best_cfg = dataclasses.replace(TrainConfig.from_dict(record), runs_dir=base.runs_dir,
+                                       name=f"{name or _default_name(base)}-best")
         write_json(tune_dir / BEST_CONFIG, {
             "config": best_cfg.to_dict(),
             "tune": {"trial": best["trial"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
@@ -425,6 +426,8 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
             xs = [r["trial"] for r in done]
             best_so_far = np.maximum.accumulate([r["val_accuracy"] for r in done])
             ax1.step(xs, best_so_far, where="post", color="grey", lw=1.5, label="best so far")
+        for ax in (ax1, ax2):
+            ax.margins(x=0.08, y=0.15)
         ax1.set_title("Trials")
         ax1.set_xlabel("trial")
         ax1.set_ylabel("val_accuracy")
@@ -434,7 +437,7 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
         ax2.set_xlabel("learning rate (fine-tuning)")
         for ax in (ax1, ax2):
             ax.yaxis.set_major_formatter(_percent())
-        ax1.legend(loc="lower right", fontsize=8)
+        ax1.legend(loc="best", fontsize=8)
         for r in rows:
             ax2.annotate(str(r["trial"]), (r["learning_rate"], r["val_accuracy"]), xytext=(5, 3), textcoords="offset points",
                          fontsize=7, color="#555555")
