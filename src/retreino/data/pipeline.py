@@ -15,7 +15,6 @@ Two paths, chosen by `cache_budget_mb`:
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,26 +33,35 @@ from .sources import Split, _list_paths  # noqa: E402
 LABEL_MODES = ("categorical", "binary", "int", None)
 
 
-def _workers() -> int:
-    return int(os.environ.get("RETREINO_DECODE_WORKERS", 0)) or min(16, 2 * (os.cpu_count() or 1))
-
-
 def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding"):
-    """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros."""
+    """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
+
+    Decoding runs in tf.data's parallel map (PIL releases the GIL while it decodes and resizes);
+    measured faster than a thread pool of the same size, and it adapts to the cores it finds.
+    """
     h, w = image_size
     out = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
     errors: dict[int, str] = {}
 
-    def one(i: int) -> None:
+    def one(i):
+        i = int(i)
         try:
-            out[i] = read_image(paths[i], (h, w), resize_mode)
+            return read_image(paths[i], (h, w), resize_mode)
         except DataError as exc:
             errors[i] = str(exc)
+            return np.zeros((h, w, 3), np.uint8)
 
+    def load(i):
+        x = tf.numpy_function(one, [i], tf.uint8, stateful=False)
+        x.set_shape((h, w, 3))
+        return x
+
+    batch = 64
+    ds = tf.data.Dataset.range(len(paths)).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
     bar = progress_bar(len(paths), desc)
-    with ThreadPoolExecutor(_workers()) as pool:
-        for _ in pool.map(one, range(len(paths))):
-            bar.update(1)
+    for k, x in enumerate(ds):
+        out[k * batch:k * batch + len(x)] = x
+        bar.update(len(x))
     bar.close()
     return out, errors
 
@@ -145,17 +153,26 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             paths, labels = _drop_bad(paths, labels, set(errors), training, "decoded")
             images = images[keep]
             n = len(paths)
-        pixels = tf.constant(images)
-        del images
+
+        # Batches are gathered from the NumPy array itself: tf.constant would copy it, slowly
+        # (seconds for a few hundred MB, measured).
+        def gather(idx):
+            return images[idx]
+
+        def pixels(idx):
+            x = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
+            x.set_shape((None, h, w, 3))
+            return x
+
         ds = tf.data.Dataset.range(n)
         if shuffle:
             ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         if labels is not None:
             label_t = tf.constant(labels)
-            ds = ds.map(lambda i: (tf.gather(pixels, i), tf.gather(label_t, i)))
+            ds = ds.map(lambda i: (pixels(i), tf.gather(label_t, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
-            ds = ds.map(lambda i: (tf.gather(pixels, i),))
+            ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         def decode(path):
             return read_image(path.decode(), (h, w), resize_mode)
