@@ -76,7 +76,7 @@ def check_same_settings(path: Path, record: dict, what: str, keys: tuple[str, ..
         return
     old = json.loads(path.read_text(encoding="utf-8"))
     for key in keys:
-        a, b = _flat(old.get(key)), _flat(record.get(key))
+        a, b = _flat(old.get(key), f"{key}."), _flat(record.get(key), f"{key}.")
         if a != b:
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             detail = "; ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in changed[:3])

@@ -1,0 +1,135 @@
+"""k-fold cross-validation: two real folds of a real fine-tune on real photos, then resume and errors."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from conftest import CATS_VS_DOGS, WATER_BOTTLES
+from retreino.cli import main
+
+MODEL = str(WATER_BOTTLES)
+
+
+def _pool(root: Path, per_split: dict[str, int]) -> Path:
+    for split, n in per_split.items():
+        for cls in ("cats", "dogs"):
+            dst = root / split / cls
+            dst.mkdir(parents=True)
+            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
+                os.symlink(f, dst / f.name)
+    return root
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    """retreino cv, 2 folds, 1 epoch each, on a pool of 8 cats + 8 dogs (and 2 + 2 test images)."""
+    data = _pool(tmp_path_factory.mktemp("data"), {"train": 5, "validation": 3, "test": 2})
+    runs = tmp_path_factory.mktemp("runs")
+    args = ["cv", "--model", MODEL, "--data", str(data), "--folds", "2", "--epochs", "1", "--warmup-epochs", "0",
+            "--seed", "7", "--runs-dir", str(runs), "--name", "pets"]
+    code, out = _cli(*args)
+    assert code == 0, out
+    return runs / "pets-cv", data, args, out
+
+
+def test_cv_writes_summary_table_plot_and_one_run_per_fold(cv_run):
+    cv_dir, _, _, out = cv_run
+    for name in ("cv_summary.json", "cv_table.txt", "cv_boxplot.png", "plan.json"):
+        assert (cv_dir / name).stat().st_size > 0, name
+    assert (cv_dir / "cv_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for k in (1, 2):
+        fold = cv_dir / f"fold_{k}"
+        for name in ("config.json", "history.csv", "state.json", "fine_tuned_model.keras", "fold_metrics.json"):
+            assert (fold / name).exists(), fold / name
+        assert json.loads((fold / "state.json").read_text())["finished"] is True
+    # Progress: "fold k/N" lines with an ETA, and the final table with mean and std rows.
+    assert "== fold 1/2 | elapsed" in out and "== fold 2/2 |" in out and "ETA" in out
+    table = (cv_dir / "cv_table.txt").read_text()
+    assert "mean" in table and "std (n-1)" in table and table.strip() in out
+
+
+def test_mean_and_std_are_those_of_the_per_fold_metrics(cv_run):
+    summary = json.loads((cv_run[0] / "cv_summary.json").read_text())
+    folds = summary["per_fold"]
+    assert [f["fold"] for f in folds] == [1, 2] and summary["std_ddof"] == 1
+    assert {"accuracy", "macro_f1", "loss", "roc_auc"} <= set(summary["mean"])
+    for key in summary["mean"]:
+        values = [f[key] for f in folds]
+        assert summary["mean"][key] == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert summary["std"][key] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    for f in folds:
+        assert 0.0 <= f["accuracy"] <= 1.0 and f["loss"] > 0 and f["epochs"] == 1
+        # Measured again from the saved best model: the same number training logged for it.
+        history = (Path(f["run_dir"]) / "history.csv").read_text().splitlines()
+        header, row = history[0].split(","), history[1].split(",")
+        assert f["accuracy"] == pytest.approx(float(row[header.index("val_accuracy")]), abs=1e-6)
+
+
+def test_folds_are_stratified_disjoint_and_leave_test_untouched(cv_run):
+    cv_dir, data, _, _ = cv_run
+    plan = json.loads((cv_dir / "plan.json").read_text())
+    pool = sorted(str(p.relative_to(data)) for s in ("train", "validation") for p in (data / s).rglob("*.jpg"))
+    assert sorted(plan["assignment"]) == pool  # every train+validation image, each in exactly one fold
+    assert not any(p.startswith("test") for p in plan["assignment"])
+    for k in (1, 2):
+        held = {p for p, fold in plan["assignment"].items() if fold == k}
+        assert {p.split("/")[1] for p in held} == {"cats", "dogs"} and len(held) == 8  # 4 + 4: stratified
+        fold_data = cv_dir / "data" / f"fold_{k}"
+        val = {os.path.realpath(p) for p in (fold_data / "validation").rglob("*.jpg")}
+        train = {os.path.realpath(p) for p in (fold_data / "train").rglob("*.jpg")}
+        assert val == {os.path.realpath(data / p) for p in held}
+        assert not val & train and len(train) == 8
+        assert not (fold_data / "test").exists()
+        # The links keep the class: a cat held out in fold k is under validation/cats.
+        for p in (fold_data / "validation" / "cats").iterdir():
+            assert "/cats/" in os.path.realpath(p)
+        record = json.loads((cv_dir / f"fold_{k}" / "config.json").read_text())
+        assert record["config"]["seed"] == 7 and record["config"]["test_split"] == 0.0
+        assert record["data"]["class_names"] == ["cats", "dogs"]
+
+
+def test_rerun_skips_finished_folds_and_resumes_a_half_done_one(cv_run):
+    cv_dir, _, args, _ = cv_run
+    before = json.loads((cv_dir / "cv_summary.json").read_text())
+    # As if killed after fold 2 finished training but before it was measured.
+    (cv_dir / "fold_2" / "fold_metrics.json").unlink()
+    code, out = _cli(*args)
+    assert code == 0, out
+    assert "fold 1/2: already finished" in out
+    assert "fold_2 already finished" in out  # train(resume=...) found the run complete: no epoch re-run
+    assert "epoch  1/1" not in out
+    after = json.loads((cv_dir / "cv_summary.json").read_text())
+    for key in before["mean"]:
+        assert after["mean"][key] == pytest.approx(before["mean"][key], abs=1e-6)
+        assert after["std"][key] == pytest.approx(before["std"][key], abs=1e-6)
+
+
+def test_resume_with_other_settings_is_refused(cv_run, capsys):
+    _, _, args, _ = cv_run
+    changed = [a if a != "7" else "8" for a in args]  # another seed, same --name
+    assert main(changed) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("retreino cv: error:") and "seed" in err and "--name" in err and "\n" not in err
+
+
+def test_too_few_images_per_class_for_the_folds(tmp_path, capsys):
+    data = _pool(tmp_path / "data", {"train": 2, "validation": 1})
+    code = main(["cv", "--model", MODEL, "--data", str(data), "--folds", "4", "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "need at least 4 per class" in err and "--folds 3" in err and "\n" not in err
+    assert main(["cv", "--model", MODEL, "--data", str(data), "--folds", "1"]) == 2
+    assert "at least 2 folds" in capsys.readouterr().err
