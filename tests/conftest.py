@@ -48,3 +48,15 @@ def cats_dogs_subset(tmp_path_factory) -> Path:
             for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
                 shutil.copy(f, dst / f.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def serve_server():
+    """One real `retreino serve` subprocess on 127.0.0.1 shared by tests/test_serve*.py."""
+    from test_serve import SERVER_ARGS, start_server
+
+    server = start_server(*SERVER_ARGS)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -63,20 +63,26 @@ def serve(
     **load_kwargs,
 ) -> None:
     """Serve `model` until interrupted (Ctrl+C or SIGTERM)."""
-    import uvicorn
-
-    from .. import load_model
-    from ..inference import Predictor
-
     settings = settings or ServeSettings()
-    loaded = load_model(model, class_names=class_names, **load_kwargs)
-    predictor = Predictor(loaded, runtime=runtime, resize_mode=settings.resize_mode)
-    units = warm_up(predictor)
-    if units != len(predictor.class_names):
-        raise RetreinoError(f"the model gives {units} probabilities but has {len(predictor.class_names)} class names: {', '.join(predictor.class_names)}")
-
+    # Claim the port first: a busy port should fail in a second, not after importing
+    # TensorFlow and loading the model.
     sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
+    try:
+        import uvicorn
+
+        from .. import load_model
+        from ..inference import Predictor
+
+        loaded = load_model(model, class_names=class_names, **load_kwargs)
+        predictor = Predictor(loaded, runtime=runtime, resize_mode=settings.resize_mode)
+        units = warm_up(predictor)
+    except BaseException:
+        sock.close()
+        raise
+    if units != len(predictor.class_names):
+        sock.close()
+        raise RetreinoError(f"the model gives {units} probabilities but has {len(predictor.class_names)} class names: {', '.join(predictor.class_names)}")
     app = create_app(predictor, settings, model_file=str(model))
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.

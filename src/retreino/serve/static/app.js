@@ -14,7 +14,9 @@ function colorOf(name) {
 
 function pct(p) {
   const v = p * 100;
-  return (v >= 99.95 || v < 0.05 || v >= 10 ? v.toFixed(0) : v.toFixed(1)) + "%";
+  if (v >= 99.95) return "100%";
+  if (v < 0.05) return "0%";
+  return (v < 10 || v >= 99 ? v.toFixed(1) : v.toFixed(0)) + "%";
 }
 
 async function loadModel() {
@@ -57,12 +59,15 @@ function addFiles(files) {
   const images = Array.from(files);
   if (!images.length) return;
   $("#toolbar").hidden = false;
+  // Newest drop on top, but the files of one drop in the order they were chosen.
+  const batch = document.createDocumentFragment();
   for (const file of images) {
     const card = makeCard(file);
-    $("#results").prepend(card);
+    batch.append(card);
     state.total += 1;
     state.queue.push({ file, card });
   }
+  $("#results").prepend(batch);
   pump();
   updateSummary();
 }
@@ -129,7 +134,7 @@ function show(card, p, ms) {
   bars.replaceChildren(
     ...rows.map(([name, prob]) => {
       const li = document.createElement("li");
-      li.className = "bar" + (name === p.class ? " top" : "");
+      li.className = "bar" + (name === p.class ? " best" : "");
       li.style.setProperty("--c", colorOf(name));
       const n = document.createElement("span");
       n.className = "name";

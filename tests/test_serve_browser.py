@@ -1,0 +1,91 @@
+"""The `retreino serve` page in a real browser: Debian's Chromium driven by Playwright.
+
+A person picks a cat photo (and a file that is not an image) on the page; the cards must show
+the label the API gives for the same photo, a bar per class, and a clear refusal, while the
+page fetches nothing from anywhere but the server itself.
+"""
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import real_images
+from test_serve import CLASSES
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(serve_server):
+    return serve_server  # started once for both serve test files (see conftest)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1200, "height": 900})
+            pg.set_default_timeout(60_000)
+            pg.requested = []
+            pg.on("request", lambda req: pg.requested.append(req.url))
+            pg.goto(server.url + "/")
+            yield pg
+        finally:
+            browser.close()
+
+
+def test_page_shows_the_model(page):
+    page.wait_for_selector("#model-classes li")
+    assert page.inner_text("#model-name") == "water_bottles"
+    assert page.locator("#model-classes li").all_inner_texts() == CLASSES
+
+
+def test_uploading_a_cat_photo_shows_its_label_confidence_and_bars(page, server):
+    cat = real_images("test", "cats", 1)[0]
+    expected = httpx.post(f"{server.url}/predict", files={"files": (cat.name, cat.read_bytes(), "image/jpeg")}, timeout=60).json()
+    expected = expected["predictions"][0]
+
+    page.set_input_files("#file-input", str(cat))
+    card = page.locator(".card.done").first
+    card.wait_for()
+    assert card.locator(".file").inner_text() == cat.name
+    assert card.locator(".label").inner_text() == expected["class"]
+    assert expected["class"] in CLASSES
+    shown = float(card.locator(".confidence").inner_text().rstrip("%"))
+    assert shown == pytest.approx(expected["confidence"] * 100, abs=0.6)
+    bars = card.locator(".bar")
+    assert bars.count() == len(CLASSES)
+    assert bars.first.locator(".name").inner_text() == expected["class"]  # best class first
+    assert card.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")  # the thumbnail shows
+
+
+def test_a_file_that_is_not_an_image_gets_a_refusal_card(page, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture\n")
+    page.set_input_files("#file-input", str(notes))
+    card = page.locator(".card.failed").first
+    card.wait_for()
+    assert card.get_attribute("data-error") == "not_an_image"
+    assert card.locator(".error").inner_text().startswith("notes.txt: not an image")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_the_page_loads_nothing_from_elsewhere(page, server):
+    assert page.requested, "no requests seen"
+    foreign = [u for u in page.requested if not (u.startswith(server.url) or u.startswith(("blob:", "data:")))]
+    assert not foreign, foreign
+    # and every asset the page named was served
+    assert {f"{server.url}/static/app.js", f"{server.url}/static/style.css", f"{server.url}/model"} <= set(page.requested)
+
