@@ -130,3 +130,19 @@ def test_unusable_roots_fail_with_one_clear_message(tmp_path, cats_dogs_subset):
     ds = load_dataset(one, allow_fatal=True)
     assert [p.kind for p in ds.fatal] == ["one_class"]
     assert isinstance(ds.train.labels, np.ndarray)
+
+
+def test_check_data_on_cat_breeds_decodes_the_webp_in_disguise():
+    from retreino.data import make_pipeline, read_image
+    from retreino.data.check import check_dataset
+
+    report = check_dataset(CAT_BREEDS)
+    assert report.ok and report.dataset.num_classes == 5
+    assert len([p for p in report.problems if p.kind == "unlabeled"]) == 5
+    webp = str(CAT_BREEDS / "images" / "Cat1035.png")
+    assert report.dataset.files[webp].format == "webp"
+    assert any(p.kind == "extension" and p.path == webp and "WEBP" in p.message for p in report.problems)
+    assert "Cat1035.png  named .png but the content is WEBP" in report.format()
+    assert read_image(webp).shape == (450, 800, 3)
+    (x,) = [b for b in make_pipeline([webp], label_mode=None, image_size=(224, 224), preprocessing="unit")]
+    assert x.shape == (1, 224, 224, 3) and 0.0 <= float(x.numpy().min()) and float(x.numpy().max()) <= 1.0

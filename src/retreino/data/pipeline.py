@@ -147,7 +147,8 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
     n = len(paths)
 
     if cache and n * h * w * 3 <= cache_budget_mb * 2**20:
-        images, errors = _decode_many(paths, (h, w), resize_mode)
+        what = f"decoding {split_or_paths.name}" if scanned else "decoding"
+        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
             paths, labels = _drop_bad(paths, labels, set(errors), training, "decoded")

@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import DataError
-from .images import EXTENSION_FORMATS, MAX_PIXELS, open_image, sniff_format
+from .images import EXTENSION_FORMATS, MAX_PIXELS, sniff_format
 
 MIN_SIDE = 32  # smaller images are reported as tiny: upscaled to 224 they carry little signal
 
@@ -72,6 +71,26 @@ def _looks_complete(fmt: str | None, data: bytes) -> bool:
     return False  # rarer formats: always decode
 
 
+def _decode_fully(data: bytes, fmt: str | None) -> None:
+    """Decode every byte of the image, as training will, and convert it to RGB.
+
+    JPEGs are decoded at 1/8 scale (libjpeg's DCT scaling): every byte of the compressed stream
+    is still read and checked, at a fraction of the cost of full-size pixels.
+    """
+    from PIL import Image, ImageOps
+
+    from .images import to_rgb
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as im:
+            if fmt == "jpeg":
+                im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.seek(0)
+            im.load()
+            to_rgb(ImageOps.exif_transpose(im))
+
+
 def scan_file(path: str, deep: bool = False, digest: bool = True) -> FileInfo:
     """Inspect one file. Never raises: what is wrong goes into `.error` / `.notes`."""
     from PIL import Image
@@ -116,12 +135,9 @@ def scan_file(path: str, deep: bool = False, digest: bool = True) -> FileInfo:
         return bad("too_large", f"{info.width}x{info.height} is over the {MAX_PIXELS:,}-pixel limit (decompression bomb?)")
     if deep or not _looks_complete(fmt, data):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                im = open_image(data)
-                im.load()
-        except DataError as exc:
-            reason = str(exc).split(": ", 1)[-1]
+            _decode_fully(data, fmt)
+        except Exception as exc:  # whatever PIL raises for a broken stream
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if "truncated" in reason:
                 reason = "truncated: the file ends before the image does"
             return bad("corrupt", f"corrupt {fmt.upper()}: {reason}")
