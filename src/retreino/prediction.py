@@ -374,15 +374,16 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
     files = find_images(folder_or_glob)
     rows: list[dict[str, Any]] = []
     shown: list[dict[str, Any]] = []
+    grid_at = spread(len(files), grid_size) if grid else set()
     writer = RowWriter(out, display, top_k, fmt) if out else None
     try:
-        for row in iter_predict_folder(predictor, None, batch_size, top_k, names, runtime, resize_mode, workers,
-                                       progress, paths=files):
+        for i, row in enumerate(iter_predict_folder(predictor, None, batch_size, top_k, names, runtime, resize_mode,
+                                                    workers, progress, paths=files)):
             if writer:
                 writer.write(row)
             if keep_rows:
                 rows.append(row)
-            elif grid and len(shown) < grid_size:
+            if i in grid_at:
                 shown.append(row)
     except BaseException:
         if writer:
@@ -391,8 +392,15 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
     if writer:
         writer.close()
     if grid:
-        show_predictions(rows[:grid_size] if keep_rows else shown, grid)
+        show_predictions(shown, grid, max_images=grid_size, total=len(files))
     return rows
+
+
+def spread(n: int, k: int) -> set[int]:
+    """k indices spread evenly over n, so a grid samples the whole folder, not its first sub-folder."""
+    if n <= k:
+        return set(range(n))
+    return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {0}
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -409,7 +417,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def show_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None, max_images: int = 36,
-                     title: str | None = None):
+                     title: str | None = None, total: int | None = None):
     """A thumbnail grid labelled with prediction and confidence; green/red when the true class is known.
 
     Returns the Figure (shown inline in a notebook); also saved as PNG when `path` is given.
@@ -418,7 +426,10 @@ def show_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike 
     """
     from .plots import RIGHT_COLOR, WRONG_COLOR, image_grid_figure, save_figure, thumbnail
 
-    rows = list(rows)[:max_images]
+    rows = list(rows)
+    total = total or len(rows)
+    if len(rows) > max_images:
+        rows = [rows[i] for i in sorted(spread(len(rows), max_images))]
     items = []
     for r in rows:
         name = Path(r["path"]).name
@@ -435,9 +446,9 @@ def show_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike 
         items.append({"image": thumbnail(r["path"]), "caption": caption, "color": color, "frame": frame})
     if title is None:
         known = [r for r in rows if r.get("correct") is not None]
-        title = f"Predictions ({len(rows)} images"
+        title = f"Predictions ({len(rows)} images" if total <= len(rows) else f"Predictions ({len(rows)} of {total:,} images"
         if known:
-            title += f", {sum(bool(r['correct']) for r in known)}/{len(known)} correct"
+            title += f"; {sum(bool(r['correct']) for r in known)}/{len(known)} shown are correct"
         title += ")"
     fig = image_grid_figure(items, title=title)
     if path is not None:

@@ -42,6 +42,7 @@ def run(args) -> int:
     from ..errors import RetreinoError
     from ..prediction import (
         RowWriter, as_loaded, as_predictor, find_images, iter_predict_folder, parse_names, predict, show_predictions,
+        spread,
     )
 
     if args.top_k < 1:
@@ -58,7 +59,7 @@ def run(args) -> int:
         return 0
 
     writer = RowWriter(args.out, display, args.top_k, args.format) if args.out else None
-    grid_at = _spread(len(files), args.grid_size) if args.grid else set()
+    grid_at = spread(len(files), args.grid_size) if args.grid else set()
     shown, tally = [], Tally()
     ok = False
     try:
@@ -82,7 +83,7 @@ def run(args) -> int:
     if writer:
         print(f"wrote {writer.count} row(s) to {writer.out}", file=sys.stderr)
     if args.grid:
-        show_predictions(shown, args.grid, max_images=args.grid_size)
+        show_predictions(shown, args.grid, max_images=args.grid_size, total=len(files))
         print(f"wrote {args.grid}", file=sys.stderr)
     return 0
 
@@ -111,13 +112,6 @@ class Tally:
         if self.known:
             text += f"; accuracy {self.correct / self.known:.1%} on the {self.known} in a class folder"
         return text
-
-
-def _spread(n: int, k: int) -> set[int]:
-    """k indices spread evenly over n, so a grid samples the whole folder, not its first sub-folder."""
-    if n <= k:
-        return set(range(n))
-    return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {0}
 
 
 def _print_row(row, top_k: int) -> None:
