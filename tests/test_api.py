@@ -97,9 +97,9 @@ def test_tour_saves_every_figure_in_the_run_directory(tour):
 
 def test_cli_predict_is_the_api(tour, tmp_path, capsys):
     _, _, g = tour
-    run, folder = g["run"], g["DATA"] / "test"
+    run, best, folder = g["run"], g["best"], g["DATA"] / "test"
     api = tmp_path / "api.csv"
-    rows = retreino.predict_folder(run.dir, folder, out=api, names=NAMES, progress=False)
+    rows = retreino.predict_folder(best, folder, out=api, names=NAMES, progress=False)
     assert cli(["predict", str(run.dir), str(folder), "--out", str(tmp_path / "cli.csv"), "--names", NAMES]) == 0
     assert (tmp_path / "cli.csv").read_text() == api.read_text()
     with open(api, newline="") as fh:
@@ -107,20 +107,21 @@ def test_cli_predict_is_the_api(tour, tmp_path, capsys):
     assert [r["predicted"] for r in table] == [r["predicted"] for r in rows]
     assert {r["true"] for r in table} == {"Gato", "Cachorro"}
 
-    # One image: the CLI prints what str(retreino.predict(...)) prints.
+    # One image: the CLI prints what str(retreino.predict(...)) gives.
     image = g["IMAGE"]
     assert cli(["predict", str(run.dir), str(image), "--names", NAMES, "--top-k", "2"]) == 0
     printed = capsys.readouterr().out
-    assert str(retreino.predict(run.dir, image, names=NAMES, top_k=2)) in printed
+    assert printed.strip() == str(retreino.predict(best, image, names=NAMES, top_k=2)).strip()
 
 
 def test_cli_evaluate_is_the_api(tour, tmp_path):
     _, _, g = tour
     run = g["run"]
-    result = retreino.evaluate(run=run.dir, out=tmp_path / "api", progress=False, report=False)
+    result = retreino.evaluate(g["best"], run=run.dir, out=tmp_path / "api", progress=False, report=False)
     assert cli(["evaluate", "--run", str(run.dir), "--out", str(tmp_path / "cli")]) == 0
     from_cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
-    assert from_cli == json.loads((tmp_path / "api" / "metrics.json").read_text())
+    from_api = json.loads((tmp_path / "api" / "metrics.json").read_text())
+    assert from_cli == from_api
     assert from_cli["accuracy"] == pytest.approx(result.accuracy)
     assert from_cli["confusion_matrix"] == result.confusion_matrix.tolist()
 
