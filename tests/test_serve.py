@@ -81,7 +81,7 @@ def start_server(*args: str, timeout: float = 180) -> Server:
 
 
 # The server both serve test files share (conftest's `serve_server` starts it once a session).
-SERVER_ARGS = (str(WATER_BOTTLES), "--classes", ",".join(CLASSES), "--max-file-mb", str(MAX_FILE_MB), "--max-files", str(MAX_FILES), "--quiet")
+SERVER_ARGS = (str(WATER_BOTTLES), "--names", ",".join(CLASSES), "--max-file-mb", str(MAX_FILE_MB), "--max-files", str(MAX_FILES), "--quiet")
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +306,7 @@ def test_cli_busy_port_is_one_line_error():
     "args, message",
     [
         ([str(WATER_BOTTLES), "--max-file-mb", "0"], "--max-file-mb must be above 0"),
-        ([str(WATER_BOTTLES), "--classes", "cats,,dogs"], "--classes has an empty name"),
+        ([str(WATER_BOTTLES), "--batch-wait-ms", "-1"], "--batch-wait-ms must be 0 or more"),
     ],
 )
 def test_cli_bad_arguments_are_one_line_errors(args, message):

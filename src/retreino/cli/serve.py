@@ -13,8 +13,9 @@ def register(sub) -> None:
     p.add_argument("model", help="model file or folder (Teachable Machine export, .h5, .keras, a retreino run)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--runtime", default="keras", help="forward-pass runtime passed to the Predictor (default keras)")
-    p.add_argument("--classes", metavar="A,B,...", help="class names to show instead of the model's own, in output order")
+    p.add_argument("--runtime", default="auto", metavar="NAME",
+                   help="forward pass engine: auto (default: the fastest checked export, else keras), keras, onnx, tflite, ...")
+    p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch", help="how images are fitted to the model's input (default stretch, as in training)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
@@ -42,9 +43,6 @@ def run(args) -> int:
         raise RetreinoError(f"--batch-wait-ms must be 0 or more, not {args.batch_wait_ms:g}")
     if not 0 <= args.port <= 65535:
         raise RetreinoError(f"--port must be 0 to 65535, not {args.port}")
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    if classes is not None and not all(classes):
-        raise RetreinoError(f"--classes has an empty name: {args.classes!r}")
     settings = ServeSettings(
         max_file_mb=args.max_file_mb,
         max_files=args.max_files,
@@ -58,7 +56,7 @@ def run(args) -> int:
         port=args.port,
         runtime=args.runtime,
         settings=settings,
-        class_names=classes,
+        names=args.names,
         access_log=not args.quiet,
         **model_kwargs(args),
     )

@@ -171,11 +171,11 @@ def decode_error(filename: str, exc: DataError) -> UploadError:
     return UploadError(422, "corrupt_image", f"{filename}: the image cannot be decoded, it is corrupt or truncated ({reason})")
 
 
-def create_app(predictor, settings: ServeSettings | None = None, model_file: str | None = None) -> FastAPI:
-    """The service for one `retreino.inference.Predictor`."""
+def create_app(predictor, settings: ServeSettings | None = None, model_file: str | None = None, class_names: list[str] | None = None) -> FastAPI:
+    """The service for one `retreino.inference.Predictor`; `class_names` are display names in class order."""
     settings = settings or ServeSettings()
     info = predictor.info
-    classes = predictor.class_names
+    classes = list(class_names or predictor.class_names)
     name = model_name(model_file or info.source)
     batcher = MicroBatcher(predictor.predict_pixels, max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="retreino-decode")

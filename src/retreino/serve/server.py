@@ -56,9 +56,9 @@ def serve(
     model: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    runtime: str = "keras",
+    runtime: str = "auto",
     settings: ServeSettings | None = None,
-    class_names: list[str] | None = None,
+    names: str | list[str] | dict[str, str] | None = None,
     access_log: bool = True,
     **load_kwargs,
 ) -> None:
@@ -73,17 +73,18 @@ def serve(
 
         from .. import load_model
         from ..inference import Predictor
+        from ..prediction import parse_names
 
-        loaded = load_model(model, class_names=class_names, **load_kwargs)
+        loaded = load_model(model, **load_kwargs)
         predictor = Predictor(loaded, runtime=runtime, resize_mode=settings.resize_mode)
+        classes = parse_names(names, predictor.class_names)
         units = warm_up(predictor)
+        if units != len(classes):
+            raise RetreinoError(f"the model gives {units} probabilities but has {len(classes)} class names: {', '.join(classes)}")
     except BaseException:
         sock.close()
         raise
-    if units != len(predictor.class_names):
-        sock.close()
-        raise RetreinoError(f"the model gives {units} probabilities but has {len(predictor.class_names)} class names: {', '.join(predictor.class_names)}")
-    app = create_app(predictor, settings, model_file=str(model))
+    app = create_app(predictor, settings, model_file=str(model), class_names=classes)
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
@@ -93,8 +94,8 @@ def serve(
     info = loaded.info
     batching = f"up to {settings.max_batch} images, {settings.batch_wait_ms:g} ms wait" if settings.max_batch > 1 else "off"
     print(
-        f"retreino serve: {model_name(str(model))} ({len(predictor.class_names)} classes: {', '.join(predictor.class_names)}; "
-        f"{info.input_size[0]}x{info.input_size[1]}; runtime {runtime})\n"
+        f"retreino serve: {model_name(str(model))} ({len(classes)} classes: {', '.join(classes)}; "
+        f"{info.input_size[0]}x{info.input_size[1]}; runtime {predictor.runtime})\n"
         f"  page    {url}/\n"
         f"  API     POST {url}/predict    docs {url}/docs\n"
         f"  batching {batching}; limits {settings.max_file_mb:g} MB per file, {settings.max_files} files per request\n"
