@@ -76,13 +76,22 @@ class RunRecorder(keras.callbacks.Callback):
     (the commit point). A resume trusts state.json and drops any history rows beyond it.
     """
 
-    def __init__(self, run_dir, save_best, history: list, state: dict, phase: str, nan_guard: NanGuard, monitor="val_accuracy"):
+    def __init__(self, run_dir, save_best, history: list, state: dict, phase: str, nan_guard: NanGuard, monitor="val_accuracy",
+                 full_model=None):
         super().__init__()
         self.run_dir, self.save_best, self.history, self.state = run_dir, save_best, history, state
         self.phase, self.nan_guard, self.monitor = phase, nan_guard, monitor
+        # When only a tail of the network is being fit (frozen-prefix acceleration), the files must
+        # still hold the full model, whose layers the tail shares.
+        self.full_model = full_model
+
+    @property
+    def saved_model(self):
+        return self.full_model if self.full_model is not None else self.model
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.monotonic()
+        self.lr = current_lr(self.model)  # the rate this epoch trained with, before any plateau cut
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -92,16 +101,16 @@ class RunRecorder(keras.callbacks.Callback):
         best = self.state.get("best")
         improved = best is None or value > best
         if improved:
-            self.save_best(self.model)
+            self.save_best(self.saved_model)
             self.state.update(best=value, best_epoch=epoch + 1)
             logs["_best"] = True
         with atomic_path(self.run_dir / runs.LAST) as tmp:
-            self.model.save(tmp)  # with optimizer state, for --resume
-        row = {"epoch": epoch + 1, "phase": self.phase, "lr": current_lr(self.model), "seconds": round(time.monotonic() - self.t0, 2)}
+            self.saved_model.save(tmp)  # with optimizer state, for --resume
+        row = {"epoch": epoch + 1, "phase": self.phase, "lr": self.lr, "seconds": round(time.monotonic() - self.t0, 2)}
         row.update({k: float(v) for k, v in logs.items() if not k.startswith("_")})
         self.history.append(row)
         runs.write_history(self.run_dir, self.history)
-        self.state.update(epoch=epoch + 1, phase=self.phase, lr=row["lr"])
+        self.state.update(epoch=epoch + 1, phase=self.phase, lr=current_lr(self.model))
         runs.write_state(self.run_dir, self.state)
 
 

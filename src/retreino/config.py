@@ -76,6 +76,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 42
 
+    # Speed: none of these change what is learned (beyond float rounding).
+    accelerate: str = "auto"  # auto | off: frozen prefix in ONNX Runtime + feature caches (CPU only)
+    precision: str = "float32"  # float32 | mixed (float16 compute + XLA; GPU only)
+    distribute: str | None = None  # mirrored | multiworker (tf.distribute)
+
     # Where results go.
     runs_dir: str = "runs"
     name: str | None = None

@@ -99,7 +99,10 @@ def train(
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not cfg.model or not cfg.data:
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
-    return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
+    from .speed.devices import run_context
+
+    with run_context(cfg, printer=printer):
+        return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
 
 
 class _Trainer:
@@ -133,7 +136,9 @@ class _Trainer:
         self.label_mode = "binary" if self.binary else "categorical"
 
     # -- data ---------------------------------------------------------------------------------
-    def pipelines(self):
+    def pipelines(self, ordered_train: bool = False):
+        """(train, validation) datasets of scaled images; `ordered_train` gives the training split
+        in file order without augmentation (for a feature cache, which shuffles by itself)."""
         from .data import make_pipeline
 
         cfg, ds, info = self.cfg, self.dataset, self.info
@@ -143,9 +148,43 @@ class _Trainer:
             cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
         )
         augment = cfg.augment if cfg.augment.enabled else None
-        train = make_pipeline(ds.train, training=True, augment=augment, **common)
+        if ordered_train:
+            train = make_pipeline(ds.train, training=False, **common)
+        else:
+            train = make_pipeline(ds.train, training=True, augment=augment, **common)
         val = make_pipeline(ds.validation, training=False, **common)
         return train, val
+
+    def accelerated_data(self):
+        """(model to fit, train data, validation data, accelerator or None)."""
+        from .speed.devices import accelerate_reason
+
+        cfg = self.cfg
+        augmenting = cfg.augment.enabled
+        reason = accelerate_reason(cfg)
+        if reason is None:
+            from .speed.accelerate import Accelerator
+
+            train_ds, val_ds = self.pipelines(ordered_train=not augmenting)
+            sample = next(iter(val_ds))[0].numpy()
+            acc = Accelerator.build(
+                self.loaded.model, lambda m: freeze_all_but_last(m, cfg.unfreeze, train_bn=cfg.train_bn), sample,
+                batch_size=cfg.batch_size, seed=cfg.seed, cache_budget_mb=cfg.cache_budget_mb,
+            )
+            if acc is not None:
+                self.printer(acc.describe())
+                n_train, n_val = len(self.dataset.train), len(self.dataset.validation)
+                if augmenting:
+                    train_in = acc.training(train_ds, n_train, augmenting=True)
+                else:
+                    train_in = acc.training(None, n_train, augmenting=False, ordered_ds=train_ds)
+                return train_in, acc.validation(val_ds, n_val), acc
+            self.printer("Frozen-prefix acceleration: nothing frozen at the front of the network; plain Keras")
+            if not augmenting:  # the ordered pipeline would not shuffle
+                train_ds, val_ds = self.pipelines()
+            return train_ds, val_ds, None
+        train_ds, val_ds = self.pipelines()
+        return train_ds, val_ds, None
 
     def class_weight(self):
         if self.cfg.class_weight in (None, "", "none"):
@@ -163,15 +202,20 @@ class _Trainer:
         return out
 
     # -- model ----------------------------------------------------------------------------------
-    def compile(self, model, learning_rate: float):
+    def compile(self, model, learning_rate: float | None = None, optimizer=None):
+        """Compile with a new optimizer at `learning_rate`, or with a given (shared) `optimizer`."""
+        from .speed.devices import use_mixed
+
         cfg = self.cfg
         loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
-        optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-                      "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
-        if cfg.optimizer.lower() not in optimizers:
-            raise RetreinoError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(optimizers)}")
-        optimizer = optimizers[cfg.optimizer.lower()](learning_rate=learning_rate)
-        model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+        if optimizer is None:
+            optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+                          "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
+            if cfg.optimizer.lower() not in optimizers:
+                raise RetreinoError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(optimizers)}")
+            optimizer = optimizers[cfg.optimizer.lower()](learning_rate=learning_rate)
+        # XLA only with mixed precision on a GPU: on CPU it compiles for long and gains little.
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_mixed(cfg))
 
     def phases(self) -> list[tuple[str, int, float]]:
         cfg = self.cfg
@@ -208,7 +252,8 @@ class _Trainer:
 
     def fit(self, state: dict, history: list, resume_model) -> Run:
         cfg = self.cfg
-        train_ds, val_ds = self.pipelines()
+        train_ds, val_ds, acc = self.accelerated_data()
+        self.accelerator = acc
         total = sum(n for _, n, _ in self.phases())
         offset = 0
         nan_guard = NanGuard()
@@ -227,13 +272,22 @@ class _Trainer:
                     self.compile(model, lr)
                 resume_model = None
                 self.loaded = LoadedModel(model, self.info)
+                fit_model = model
+                if acc is not None:
+                    # The tail trains the full model's own layers; the full model shares its optimizer,
+                    # built on the full model's variables, so last.keras carries the optimizer state.
+                    if not model.optimizer.built:
+                        model.optimizer.build(model.trainable_variables)
+                    fit_model = acc.tail
+                    self.compile(fit_model, optimizer=model.optimizer)
                 trainable = count_params(model.trainable_weights)
                 self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
-                callbacks = self.callbacks(phase, total, state, history, nan_guard)
-                model.fit(
+                callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
+                fit_model.fit(
                     train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
+                    shuffle=False,  # the datasets shuffle themselves, seeded
                 )
                 if nan_guard.hit is not None:
                     epoch, batch = nan_guard.hit
@@ -253,7 +307,7 @@ class _Trainer:
         self.finish(run)
         return run
 
-    def callbacks(self, phase, total, state, history, nan_guard):
+    def callbacks(self, phase, total, state, history, nan_guard, full_model=None):
         cfg = self.cfg
         early = ResumableEarlyStopping(
             saved=state.get("early_stopping") if state.get("phase") == "finetune" else None,
@@ -263,7 +317,8 @@ class _Trainer:
             saved=state.get("reduce_lr") if state.get("phase") == "finetune" else None,
             monitor=cfg.monitor, mode="max", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
         )
-        recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor)
+        recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
+                               full_model=full_model)
         progress = EpochProgress(total, "warm-up" if phase == "warmup" else "fine-tune", printer=self.printer)
         cbs = [nan_guard]
         if phase == "finetune":
@@ -353,6 +408,13 @@ def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     if state.get("finished"):
         printer(f"{run_dir} already finished ({state['epoch']} epochs); nothing to resume")
         return Run(run_dir, cfg, record["data"]["class_names"], history, state.get("best_epoch"), state.get("best"))
+    from .speed.devices import run_context
+
+    with run_context(cfg, printer=printer):
+        return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
+
+
+def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, history: list, printer, callbacks) -> Run:
     trainer = _Trainer(cfg, printer=printer, run_dir=run_dir, callbacks=callbacks)
     resume_model = None
     last = run_dir / runs.LAST

@@ -29,7 +29,11 @@ OPTIONS = {
     "--input-range": ("input_range", str, "override the model's input scaling: -1,1 | 0,1 | 0,255 | caffe | torch"),
     "--name": ("name", str, "run name (default: <data>-<model>)"),
     "--runs-dir": ("runs_dir", str, f"(default {_D.runs_dir})"),
-    "--cache-mb": ("cache_budget_mb", int, f"memory for cached decoded images (default {_D.cache_budget_mb})"),
+    "--cache-mb": ("cache_budget_mb", int, f"memory for cached decoded images and prefix outputs (default {_D.cache_budget_mb})"),
+    "--accelerate": ("accelerate", str, "auto (default): on a CPU, run the frozen layers in ONNX Runtime and cache their "
+                     "outputs, train the rest in Keras | off: plain Keras"),
+    "--precision": ("precision", str, "float32 (default) | mixed: float16 compute with XLA (GPU only)"),
+    "--distribute": ("distribute", str, "mirrored: all local GPUs/devices | multiworker: the cluster in TF_CONFIG"),
 }
 AUGMENT = {
     "--rotation": ("rotation", float, f"degrees (default {_A.rotation:g})"),

@@ -1,0 +1,1 @@
+"""Training speed: frozen-prefix acceleration (`accelerate`), distribution strategies and precision."""

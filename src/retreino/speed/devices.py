@@ -1,0 +1,82 @@
+"""Where and how training runs: tf.distribute strategies, mixed precision, the acceleration choice."""
+from __future__ import annotations
+
+import contextlib
+
+from .. import _env
+
+tf = _env.import_tensorflow()
+
+import keras  # noqa: E402
+
+from ..errors import RetreinoError  # noqa: E402
+
+DISTRIBUTE = ("mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed")
+ACCELERATE = ("auto", "off")
+
+
+def gpus() -> list:
+    return tf.config.list_physical_devices("GPU")
+
+
+def check(cfg) -> None:
+    """Reject unknown values with one line before anything is loaded."""
+    if cfg.distribute not in (None, "", "none", *DISTRIBUTE):
+        raise RetreinoError(f"unknown --distribute {cfg.distribute!r}: use {' or '.join(DISTRIBUTE)}")
+    if cfg.precision not in PRECISIONS:
+        raise RetreinoError(f"unknown --precision {cfg.precision!r}: use {' or '.join(PRECISIONS)}")
+    if cfg.accelerate not in ACCELERATE:
+        raise RetreinoError(f"unknown --accelerate {cfg.accelerate!r}: use {' or '.join(ACCELERATE)}")
+
+
+def strategy_for(name: str | None):
+    """None (Keras' default single-device strategy) or a tf.distribute strategy.
+
+    `multiworker` reads the cluster from the TF_CONFIG environment variable, as every
+    MultiWorkerMirroredStrategy program does; run the same command on every worker.
+    """
+    if name in (None, "", "none"):
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise RetreinoError(f"unknown --distribute {name!r}: use {' or '.join(DISTRIBUTE)}")
+
+
+@contextlib.contextmanager
+def run_context(cfg, printer=print):
+    """Precision policy and distribution scope for the whole run (model loading included: variables
+    must be created inside the strategy's scope and under the policy). Yields the strategy or None."""
+    check(cfg)
+    policy = keras.mixed_precision.global_policy().name
+    mixed = cfg.precision == "mixed" and bool(gpus())
+    if cfg.precision == "mixed" and not mixed:
+        printer("--precision mixed needs a GPU and none is visible: training in float32")
+    strategy = strategy_for(cfg.distribute)
+    if strategy is not None:
+        printer(f"Distributed: {type(strategy).__name__} over {strategy.num_replicas_in_sync} replica(s)")
+    try:
+        if mixed:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            yield strategy
+    finally:
+        if mixed:
+            keras.mixed_precision.set_global_policy(policy)
+
+
+def use_mixed(cfg) -> bool:
+    return cfg.precision == "mixed" and bool(gpus())
+
+
+def accelerate_reason(cfg) -> str | None:
+    """Why frozen-prefix acceleration is off for this run, or None when it is on."""
+    if cfg.accelerate == "off":
+        return "off (--accelerate off)"
+    if cfg.distribute not in (None, "", "none"):
+        return "off under --distribute (every replica runs the whole model)"
+    if gpus():
+        return "off on a GPU (Keras there is faster than ONNX Runtime on the CPU)"
+    return None
