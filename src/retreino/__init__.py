@@ -95,6 +95,8 @@ _LAZY = {
 __all__ = ["RetreinoError", "__version__", "show_images", *_LAZY]
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real signatures
+    from matplotlib.figure import Figure
+
     from .config import AugmentConfig, TrainConfig
     from .data import Dataset, load_dataset
     from .evaluation import EvaluationResult, evaluate
@@ -120,7 +122,8 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-def show_images(images: Any, n: int = 12, path: str | os.PathLike | None = None, title: str | None = None):
+def show_images(images: Any, n: int = 12, path: str | os.PathLike | None = None,
+                title: str | None = None) -> Figure:
     """A grid of labelled thumbnails: the first look at a dataset before training on it.
 
     `images` is a `Dataset` (its training split), one split of it (`dataset.train`), a folder
