@@ -143,6 +143,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
                           [p for p, h in zip(paths, held_out) if h], labels[held_out], classes,
                           IndentPrinter(printer, skip=_REPEATED + (("Data:",) if k > 1 else ())))
         if run.interrupted:
+            printer(f"Interrupted in fold {k}: run the same command again to continue from its last epoch")
             raise KeyboardInterrupt
         record = _measure_fold(run, k, int((~held_out).sum()), [p for p, h in zip(paths, held_out) if h], labels[held_out], classes)
         record["seconds"] = round(countdown.stop(), 1)  # this session's wall time, model loading included
@@ -280,7 +281,7 @@ def plot_boxplot(summary: dict, out_path: Path) -> Path:
     from ..plots import TRAIN_COLOR, VAL_COLOR, _figure, _style, save_figure
 
     keys = [k for k in METRICS if k in summary["mean"]]
-    titles = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "loss": "Loss (cross-entropy)", "roc_auc": "ROC-AUC"}
+    titles = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "loss": "Loss (lower is better)", "roc_auc": "ROC-AUC"}
     rng = np.random.default_rng(0)
     with _style():
         fig = _figure(3.0 * len(keys) + 0.6, 4.4)

@@ -189,18 +189,19 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
         countdown.start()
         outcome = _run_trial(study, trial, cfg, IndentPrinter(printer, skip=("Next:", "Saved in") + (("Data:",) if index > 1 else ())))
         took = countdown.stop()
-        trial_row = _row(study.trials[trial.number])
-        best = _best(study)
-        if outcome == "complete":
-            printer(f"trial {index}/{trials} [{cfg.name}] done in {duration(took)}: val_accuracy "
-                    f"{trial_row['val_accuracy']:.3f}; best so far {best['val_accuracy']:.3f} (trial {best['trial']})")
-        elif outcome == "pruned":
-            printer(f"trial {index}/{trials} [{cfg.name}] pruned after epoch {trial_row['epochs']} "
-                    f"(val_accuracy {_fmt(trial_row['val_accuracy'])}, below earlier trials at that epoch)")
-        else:
-            printer(f"trial {index}/{trials} [{cfg.name}] failed: {study.trials[trial.number].user_attrs.get('error')}")
         if outcome == "interrupted":
+            printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
             raise KeyboardInterrupt
+        trial_row = _row(study.trials[trial.number])
+        head = f"trial {index}/{trials} [{cfg.name}]"
+        if outcome == "complete":
+            best = _best(study)
+            printer(f"{head} done in {duration(took)}: val_accuracy {trial_row['val_accuracy']:.3f}; "
+                    f"best so far {best['val_accuracy']:.3f} (trial_{best['trial']:03d})")
+        elif outcome == "pruned":
+            printer(f"{head} pruned after epoch {trial_row['epochs']} (val_accuracy {_fmt(trial_row['val_accuracy'])})")
+        else:
+            printer(f"{head} failed: {trial_row.get('error') or study.trials[trial.number].user_attrs.get('error')}")
 
     return write_outputs(study, base, tune_dir, trials, printer, name=name)
 
@@ -238,9 +239,13 @@ def _run_trial(study, trial, cfg: TrainConfig, printer) -> str:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return "pruned"
     except (TrainingError, RetreinoError) as exc:
-        if not isinstance(exc, TrainingError) and trial.number == 0:
-            raise  # bad model or data: every trial would fail the same way
         trial.set_user_attr("error", str(exc))
+        if not isinstance(exc, TrainingError) and not _counted(study):
+            # Bad model or data on the first trial: every trial would fail the same way. Not counted,
+            # so that the search starts afresh once the cause is fixed.
+            trial.set_user_attr("uncounted", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
         return "failed"
     except KeyboardInterrupt:
@@ -260,6 +265,7 @@ def _mark_interrupted(study, trial) -> None:
     import optuna
 
     trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("uncounted", True)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
@@ -269,18 +275,19 @@ def _requeue_interrupted(study, printer) -> None:
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)  # no public setter for another process's trial
+        for attr in ("interrupted", "uncounted"):  # no public setter for another process's trial
+            study._storage.set_trial_user_attr(t._trial_id, attr, True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         printer(f"trial {t.number} was interrupted; it runs again with the same values")
 
 
 def _counted(study) -> int:
-    """Trials that count towards --trials: finished, pruned or failed, not the interrupted ones."""
+    """Trials that count towards --trials: finished, pruned or failed; not those interrupted (run again)."""
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("interrupted"))
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("uncounted"))
 
 
 def _finish_pruned(run_dir: Path) -> None:
@@ -458,7 +465,7 @@ def _pruner(pruner):
         return pruner
     if pruner == "median":
         # Judge from the second epoch on, and only once 3 trials have shown what is normal.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
     if pruner == "none":
         return optuna.pruners.NopPruner()
     raise RetreinoError(f"unknown pruner {pruner!r}: use median or none")
