@@ -80,6 +80,7 @@ def trained_run(tmp_path_factory):
     return train(model=str(WATER_BOTTLES), data=str(data), epochs=1, warmup_epochs=1, runs_dir=str(runs), name="cats")
 
 
+@pytest.mark.slow
 def test_training_run_learns_and_writes_every_file(trained_run):
     run = trained_run
     assert len(run.history) == 2 and [r["phase"] for r in run.history] == ["warmup", "finetune"]
@@ -116,6 +117,7 @@ def test_dry_run_lists_trainable_layers(capsys, tmp_path):
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
     data = _subset(tmp_path / "data", 30, 10)
     args = ["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp_path / "runs"),
@@ -128,6 +130,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
     assert load_model(run).class_names == ["cats", "dogs"]  # the warm-up's best model survived
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     data = _subset(tmp_path / "data", 60, 20)
     run = tmp_path / "runs" / "killed"
