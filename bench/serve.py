@@ -137,7 +137,7 @@ def main() -> None:
     print(
         f"retreino serve bench: {args.requests} requests from {args.concurrency} concurrent clients, "
         f"{len(payloads)} distinct images (mean {np.mean([len(d) for _, d in payloads]) / 1e3:.0f} kB), "
-        f"{os.cpu_count()} CPU cores, model {args.model.name}",
+        f"{os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at start), model {args.model.name}",
         flush=True,
     )
     rows = [
@@ -148,6 +148,7 @@ def main() -> None:
     print(f"\n{'mode'.ljust(width)}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'batch':>5}  {'errors':>6}  {'RSS MB':>6}")
     for r in rows:
         print(f"{r['mode'].ljust(width)}  {r['rps']:7.1f}  {r['p50']:7.0f}  {r['p99']:7.0f}  {r['mean_batch']:5.1f}  {r['errors']:6d}  {r['rss']:6.0f}")
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end: other processes on these cores skew both rows)")
     base, batched = rows
     print(
         f"\nmicro-batching: {batched['rps'] / base['rps']:.2f}x requests/s, "
