@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -44,10 +45,16 @@ def drain(batches) -> int:
     return n
 
 
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(fn):
-    t = time.perf_counter()
+    """(images, wall seconds, CPU seconds of this process, all threads)."""
+    t, c = time.perf_counter(), cpu_seconds()
     n = fn()
-    return n, time.perf_counter() - t
+    return n, time.perf_counter() - t, cpu_seconds() - c
 
 
 def image_data_generator(root: Path, limit: int):
@@ -64,7 +71,7 @@ def image_data_generator(root: Path, limit: int):
     return n
 
 
-def keras_layers_epoch(ds, cfg: AugmentConfig):
+def keras_layers_epoch(ds, cfg: AugmentConfig):  # -> timed(...)
     """Cached uint8 images through Keras 3 RandomRotation + RandomTranslation + RandomFlip."""
     import keras
 
@@ -95,9 +102,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}")
     rows = []
 
-    n, dt = timed(lambda: image_data_generator(root, args.idg_images))
-    rows.append(("ImageDataGenerator.flow_from_directory (Keras 2)", n, dt))
-    idg_rate = n / dt
+    idg = timed(lambda: image_data_generator(root, args.idg_images))
+    rows.append(("ImageDataGenerator.flow_from_directory (Keras 2)", *idg))
+    idg_rate, idg_cpu = idg[0] / idg[1], idg[2] / idg[0]
 
     stream = make_pipeline(ds.train, training=True, augment=cfg, cache=False)
     rows.append(("retreino streaming (cache=False), per epoch", *timed(lambda: drain(stream))))
@@ -108,11 +115,11 @@ def main() -> None:
         return drain(cached)
 
     rows.append(("retreino cached, first epoch (decode + epoch)", *timed(first_epoch)))
-    total, secs = 0, 0.0
+    total, secs, cpu = 0, 0.0, 0.0
     for _ in range(args.epochs):
-        n, dt = timed(lambda: drain(cached))
-        total, secs = total + n, secs + dt
-    rows.append((f"retreino cached, next epochs (mean of {args.epochs})", total, secs))
+        n, dt, c = timed(lambda: drain(cached))
+        total, secs, cpu = total + n, secs + dt, cpu + c
+    rows.append((f"retreino cached, next epochs (mean of {args.epochs})", total, secs, cpu))
 
     os.environ["RETREINO_AUGMENT_BACKEND"] = "tf"
     tf_warp = make_pipeline(ds.train, training=True, augment=cfg, cache=True)
@@ -123,11 +130,14 @@ def main() -> None:
 
     width = max(len(r[0]) for r in rows)
     print()
-    print(f"{'pipeline'.ljust(width)}  {'images':>7}  {'seconds':>8}  {'images/s':>9}  {'vs IDG':>7}")
-    print(f"{'-' * width}  {'-' * 7}  {'-' * 8}  {'-' * 9}  {'-' * 7}")
-    for name, n, dt in rows:
-        rate = n / dt
-        print(f"{name.ljust(width)}  {n:>7}  {dt:>8.2f}  {rate:>9.0f}  {rate / idg_rate:>6.1f}x")
+    print(f"{'pipeline'.ljust(width)}  {'images':>7}  {'seconds':>8}  {'images/s':>9}  {'vs IDG':>7}  {'CPU ms/img':>10}  {'vs IDG':>7}")
+    print(f"{'-' * width}  {'-' * 7}  {'-' * 8}  {'-' * 9}  {'-' * 7}  {'-' * 10}  {'-' * 7}")
+    for name, n, dt, cpu in rows:
+        rate, per = n / dt, cpu / n
+        print(f"{name.ljust(width)}  {n:>7}  {dt:>8.2f}  {rate:>9.0f}  {rate / idg_rate:>6.1f}x  {per * 1000:>10.2f}  {idg_cpu / per:>6.1f}x")
+    load = os.getloadavg()[0]
+    print(f"\nimages/s is wall-clock throughput; CPU ms/img is this process's CPU time per image (all threads),")
+    print(f"which other work on the machine barely moves. Load average at the end: {load:.1f} on {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ class CheckReport:
         bad = len(ds.skipped)
         warnings = [p for p in self.problems if not p.fatal and p.kind not in BAD_KINDS]
         if self.fatal:
-            first = self.fatal[0].message
+            p = self.fatal[0]
+            first = f"{self.rel(p.path)}: {p.message}" if p.path and not p.others and p.kind != "one_class" else p.message
             more = f" (+{len(self.fatal) - 1} more)" if len(self.fatal) > 1 else ""
             return f"NOT READY: {len(self.fatal)} fatal problem(s): {first}{more}"
         parts = []
