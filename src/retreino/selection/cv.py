@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,22 +129,22 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
     results: list[dict] = []
     for k in range(1, folds + 1):
         fold_run = cv_dir / f"fold_{k}"
-        done = _finished(fold_run)
-        held_out = assignment == k - 1
-        if done and (fold_run / FOLD_METRICS).exists():
+        if _finished(fold_run) and (fold_run / FOLD_METRICS).exists():
             record = runs.read_json(fold_run, FOLD_METRICS)
             results.append(record)
             printer(f"fold {k}/{folds}: already finished (accuracy {record['accuracy']:.3f}); skipped")
             continue
-        printer(countdown.line(k, folds - k + 1, f"train {int((~held_out).sum())} / validate {int(held_out.sum())} images"))
+        held = assignment == k - 1
+        train_paths = [p for p, h in zip(paths, held) if not h]
+        val_paths = [p for p, h in zip(paths, held) if h]
+        printer(countdown.line(k, folds - k + 1, f"train {len(train_paths)} / validate {len(val_paths)} images"))
         countdown.start()
-        run = _train_fold(cfg, cv_dir, k, [p for p, h in zip(paths, held_out) if not h], labels[~held_out],
-                          [p for p, h in zip(paths, held_out) if h], labels[held_out], classes,
+        run = _train_fold(cfg, cv_dir, k, train_paths, labels[~held], val_paths, labels[held], classes,
                           IndentPrinter(printer, skip=_REPEATED + (("Data:",) if k > 1 else ())))
         if run.interrupted:
             printer(f"Interrupted in fold {k}: run the same command again to continue from its last epoch")
             raise KeyboardInterrupt
-        record = _measure_fold(run, k, int((~held_out).sum()), [p for p, h in zip(paths, held_out) if h], labels[held_out], classes)
+        record = _measure_fold(run, k, len(train_paths), val_paths, labels[held], classes)
         record["seconds"] = round(countdown.stop(), 1)  # this session's wall time, model loading included
         write_json(fold_run / FOLD_METRICS, record)
         results.append(record)

@@ -21,7 +21,7 @@ import dataclasses
 import io
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runs
@@ -124,7 +124,6 @@ class TuneResult:
     best: dict | None
     best_config: TrainConfig | None = None
     trials: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         best = f"{self.best['val_accuracy']:.3f} (trial {self.best['trial']})" if self.best else "-"
@@ -143,7 +142,10 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     ...               data="../shared/datasets/cats_vs_dogs", trials=20, epochs=5)  # doctest: +SKIP
     >>> result.best_config.learning_rate                                             # doctest: +SKIP
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError as exc:
+        raise RetreinoError("tune needs Optuna: pip install 'retreino[tune]'") from exc
 
     base = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not base.model or not base.data:
@@ -154,6 +156,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     name = base.name or _default_name(base)
     tune_dir = Path(base.runs_dir) / f"{name}-tune"
     pruner_name = pruner if isinstance(pruner, str) else type(pruner).__name__
+    pruner = _pruner(pruner)  # an unknown name fails here, before anything is written
     settings = {"config": _what(base), "space": space.to_dict(), "seed": base.seed, "pruner": pruner_name}
     check_same_settings(tune_dir / SETTINGS, settings, "search", ("config", "space", "seed"))
     tune_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +165,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=f"sqlite:///{(tune_dir / STUDY_DB).resolve()}", direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.seed), pruner=_pruner(pruner), load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=base.seed), pruner=pruner, load_if_exists=True,
     )
     _requeue_interrupted(study, printer)
     done = _counted(study)
