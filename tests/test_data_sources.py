@@ -146,3 +146,18 @@ def test_check_data_on_cat_breeds_decodes_the_webp_in_disguise():
     assert read_image(webp).shape == (450, 800, 3)
     (x,) = [b for b in make_pipeline([webp], label_mode=None, image_size=(224, 224), preprocessing="unit")]
     assert x.shape == (1, 224, 224, 3) and 0.0 <= float(x.numpy().min()) and float(x.numpy().max()) <= 1.0
+
+
+def test_splits_retreino_makes_keep_identical_files_together(cats_dogs_subset, tmp_path):
+    root = tmp_path / "flat"
+    shutil.copytree(cats_dogs_subset / "train", root)
+    originals = sorted((root / "cats").iterdir())[:6]
+    for f in originals:
+        shutil.copy(f, root / "cats" / f"copy_{f.name}")
+    for seed in range(4):
+        ds = load_dataset(root, val_split=0.3, test_split=0.2, seed=seed)
+        split_of = {p: s.name for s in ds.splits() for p in s.paths}
+        for f in originals:
+            assert split_of[str(f)] == split_of[str(root / "cats" / f"copy_{f.name}")]
+        assert "leak" not in kinds(ds) and kinds(ds) == ["duplicate"]
+        assert sum(len(s) for s in ds.splits()) == 106

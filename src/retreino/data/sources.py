@@ -302,6 +302,29 @@ def _discover(root: Path, labels_csv, val_split: float, test_split: float, seed:
 # ---------------------------------------------------------------------------------------------
 
 
+def _keep_duplicates_together(parts, infos: dict[str, FileInfo], carved: set[str]) -> None:
+    """Identical files that a random split scattered go to one split (train first), so that a
+    split retreino made never leaks test images into training. Folders the user split are left
+    as they are (and their leakage is reported)."""
+    where: dict[str, list[tuple[str, str, Path]]] = defaultdict(list)
+    for name in carved:
+        for cls, files in parts.get(name, {}).items():
+            for p in files:
+                d = infos[str(p)].digest
+                if d:
+                    where[d].append((name, cls, p))
+    for hits in where.values():
+        names = {n for n, _, _ in hits}
+        if len(names) < 2:
+            continue
+        target = min(names, key=SPLITS.index)
+        for name, cls, p in hits:
+            if name != target:
+                parts[name][cls].remove(p)
+                parts[target].setdefault(cls, []).append(p)
+                parts[target][cls].sort()
+
+
 def _list_paths(paths: list[str], root: str, limit: int = 10) -> str:
     rel = [os.path.relpath(p, root) for p in paths[:limit]]
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
@@ -373,6 +396,8 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
 
     all_paths = sorted({str(p) for split in parts.values() for files in split.values() for p in files})
     infos = {i.path: i for i in scan_images(all_paths, deep=deep, desc="checking images")}
+    carved = {"folders": {"train"} | {s for s in ("validation", "test") if not origin.get(s, "").endswith("/")}}.get(source, set(SPLITS))
+    _keep_duplicates_together(parts, infos, carved)
     bad = [infos[p] for p in all_paths if not infos[p].ok]
     for info in infos.values():
         problems.extend([info.error] if info.error else [])
