@@ -26,15 +26,36 @@ from .errors import DataError, RetreinoError
 # --------------------------------------------------------------------------- models and names
 
 
+# Calling predict("runs/cats", img) in a loop must not reload the model (or retrace its graph)
+# every time: the last few models loaded from paths, and one Predictor per model and settings, are kept.
+_LOADED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+_LOADED_MAX = 3
+
+
 def as_loaded(model, **load_kwargs):
-    """A LoadedModel from a LoadedModel or anything `load_model` accepts (path, folder, run dir)."""
+    """A LoadedModel from a LoadedModel, a Predictor or anything `load_model` accepts (path, folder, run dir)."""
+    from .inference import Predictor
     from .models.info import LoadedModel
 
     if isinstance(model, LoadedModel):
         return model
+    if isinstance(model, Predictor):
+        return model.loaded
     from .models import load_model
 
-    return load_model(model, **load_kwargs)
+    path = Path(model)
+    if not path.exists():
+        return load_model(model, **load_kwargs)
+    stamp = max((f.stat().st_mtime_ns for f in ([path] + (list(path.iterdir()) if path.is_dir() else []))), default=0)
+    key = (str(path.resolve()), stamp, tuple(sorted((k, str(v)) for k, v in load_kwargs.items())))
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    loaded = load_model(model, **load_kwargs)
+    _LOADED[key] = loaded
+    while len(_LOADED) > _LOADED_MAX:
+        _LOADED.popitem(last=False)
+    return loaded
 
 
 def as_predictor(model, runtime: str = "keras", resize_mode: str = "stretch", **load_kwargs):
@@ -43,7 +64,13 @@ def as_predictor(model, runtime: str = "keras", resize_mode: str = "stretch", **
 
     if isinstance(model, Predictor):
         return model
-    return Predictor(as_loaded(model, **load_kwargs), runtime=runtime, resize_mode=resize_mode)
+    loaded = as_loaded(model, **load_kwargs)
+    key = (runtime, resize_mode, json.dumps(loaded.info.to_dict(), sort_keys=True, default=str))
+    # Kept on the LoadedModel itself, so the cache goes when the model goes.
+    per_model = loaded.__dict__.setdefault("_retreino_predictors", {})
+    if key not in per_model:
+        per_model[key] = Predictor(loaded, runtime=runtime, resize_mode=resize_mode)
+    return per_model[key]
 
 
 def parse_names(names: str | Mapping[str, str] | Sequence[str] | None, class_names: Sequence[str]) -> list[str]:
@@ -105,8 +132,10 @@ class Prediction:
         return self.class_name
 
     def __str__(self) -> str:
-        width = max(len(n) for n, _ in self.top)
-        return "\n".join(f"{n.ljust(width)}  {p * 100:5.1f}%" for n, p in self.top)
+        names = [n for n, _ in self.top]
+        pcts = [f"{p * 100:.1f}%" for _, p in self.top]
+        w, pw = max(map(len, names)), max(map(len, pcts))
+        return "\n".join(f"{n.ljust(w)}  {q.rjust(pw)}" for n, q in zip(names, pcts))
 
     def to_dict(self) -> dict[str, Any]:
         return {
