@@ -201,6 +201,24 @@ class EvaluationResult:
             lines.append(f"skipped {len(self.errors)} unreadable image(s)")
         return "\n".join(lines) + "\n\n" + self.classification_report
 
+    def _repr_html_(self) -> str:
+        """The headline metrics and per-class table when a notebook cell shows the result."""
+        import html
+
+        m = self.metrics
+        head = [("images", f"{m['n']:,}"), ("accuracy", f"{m['accuracy']:.2%}"), ("loss", f"{m['loss']:.4f}")]
+        if m.get("roc_auc") is not None:
+            head.append(("ROC-AUC", f"{m['roc_auc']:.4f}"))
+        head += [(f"top-{k} accuracy", f"{v:.2%}") for k, v in (m.get("top_k_accuracy") or {}).items()]
+        rows = "".join(
+            f"<tr><td>{html.escape(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+            f"<td>{v['f1-score']:.3f}</td><td>{v['support']}</td></tr>"
+            for c, v in {**m["per_class"], **m["per_class_avg"]}.items()
+        )
+        return ("<div><b>EvaluationResult</b> " + ", ".join(f"{k} <b>{v}</b>" for k, v in head)
+                + "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+                + rows + "</table></div>")
+
     def __repr__(self) -> str:
         return (f"<EvaluationResult {self.metrics['n']} images, accuracy {self.metrics['accuracy']:.4f}, "
                 f"loss {self.metrics['loss']:.4f}, classes={self.class_names}>")
