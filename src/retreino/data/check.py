@@ -21,7 +21,7 @@ KIND_TITLES = {
     "leak": "leakage", "conflicting_label": "conflicting label", "duplicate": "duplicate",
     "extension": "wrong extension", "tiny": "tiny", "imbalance": "imbalance",
     "unlabeled": "unlabeled", "missing_file": "missing file", "bad_row": "bad CSV row",
-    "empty_class": "empty class", "ignored": "ignored",
+    "empty_class": "empty class", "empty_split": "empty split", "ignored": "ignored",
 }
 _ORDER = {k: i for i, k in enumerate(KIND_TITLES)}
 

@@ -420,8 +420,9 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
                     paths.append(str(p))
                     labels.append(index[c])
         splits[name] = Split(name, paths, np.asarray(labels, dtype=np.int64), classes) if paths or name == "train" else None
-        if not paths and name != "train":
-            problems.append(Problem("missing_class", None, f"{name} split has no usable images: it is left out"))
+        wanted = origin.get(name, "").endswith("/") or {"validation": val_split, "test": test_split}.get(name, 0) > 0
+        if not paths and name != "train" and wanted:
+            problems.append(Problem("empty_split", None, f"the {name} split has no usable images: it is left out"))
 
     ds = Dataset(str(root), source, classes, splits["train"], splits["validation"], splits["test"],
                  files=infos, skipped=[i.path for i in bad], origin=origin,
