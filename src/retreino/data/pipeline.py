@@ -175,6 +175,12 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
         else:
             ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
+        if cache:
+            from ..console import info
+
+            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
+                 f"cache budget: decoding them again every epoch (raise cache_budget_mb to cache)")
+
         def decode(path):
             return read_image(path.decode(), (h, w), resize_mode)
 
