@@ -50,6 +50,58 @@ def cats_dogs_subset(tmp_path_factory) -> Path:
     return root
 
 
+def held_out_images(n: int = 50) -> list[Path]:
+    """n held-out cats then n held-out dogs: the parity set of export tests."""
+    return real_images("test", "cats", n) + real_images("test", "dogs", n)
+
+
+@pytest.fixture(scope="session")
+def retrained_run(tmp_path_factory) -> Path:
+    """A run folder with a "retrained" model: the TM feature extractor + a new Dense(2, softmax) head.
+
+    The head starts from a fixed seed and is fitted for a few epochs on features of 100 training
+    images, so its margins look like a real fine-tune's rather than a coin toss's.
+    """
+    import keras
+    import numpy as np
+
+    from retreino import load_model, save_model
+    from retreino.data.images import read_image
+    from retreino.models import LoadedModel
+
+    base = load_model(WATER_BOTTLES)
+    features = base.model.layers[0]
+    inputs = keras.Input((224, 224, 3), name="image")
+    head = keras.layers.Dense(2, activation="softmax", name="head",
+                              kernel_initializer=keras.initializers.GlorotUniform(seed=7))
+    model = keras.Model(inputs, head(features(inputs)), name="retrained")
+    train = real_images("train", "cats", 50) + real_images("train", "dogs", 50)
+    x = np.stack([read_image(p, (224, 224)) for p in train]).astype("float32") / 127.5 - 1
+    f = np.asarray(features.predict(x, verbose=0))
+    y = np.repeat([0, 1], 50)
+    keras.utils.set_random_seed(7)
+    head_only = keras.Sequential([keras.Input((f.shape[1],)), head])
+    head_only.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    head_only.fit(f, y, epochs=20, batch_size=32, verbose=0)
+    info = base.info
+    info.class_names, info.format = ["cats", "dogs"], "keras"
+    run = tmp_path_factory.mktemp("run")
+    save_model(LoadedModel(model, info), run / "fine_tuned_model.keras")
+    return run
+
+
+@pytest.fixture(scope="session")
+def retrained_exports(retrained_run) -> dict:
+    """Every export format of `retrained_run` in run/exports/<format>/, checked on 100 real images."""
+    from retreino import load_model
+    from retreino.export import FORMATS, export_models
+
+    loaded = load_model(retrained_run)
+    calibration = real_images("train", "cats", 60)[-25:] + real_images("train", "dogs", 60)[-25:]
+    results = export_models(loaded, FORMATS, images=held_out_images(), calibration=calibration)
+    return {r.format: r for r in results}
+
+
 @pytest.fixture(scope="session")
 def serve_server():
     """One real `retreino serve` subprocess on 127.0.0.1 shared by tests/test_serve*.py."""

@@ -10,9 +10,11 @@ passed its parity check.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,8 +119,9 @@ class TFLiteRuntime(Runtime):
             from . import _env
 
             Interpreter = _env.import_tensorflow().lite.Interpreter
-        self.interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
-        self.interpreter.allocate_tensors()
+        with quiet_native():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+            self.interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+            self.interpreter.allocate_tensors()
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
@@ -138,6 +141,21 @@ class TFLiteRuntime(Runtime):
     @property
     def output_units(self) -> int:
         return int(self._output["shape"][-1])
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Silence native (C++) chatter written straight to fd 2; Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -31,7 +31,7 @@ from ..atomic import write_bytes, write_json, write_text
 from ..errors import RetreinoError
 from ..models.info import LoadedModel, ModelInfo, labels_text
 from ..preprocessing import scale_pixels_np
-from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint
+from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint, quiet_native
 from .keras2_h5 import ExportError, write_keras2_h5
 
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
@@ -70,6 +70,7 @@ def export_models(
     out: str | os.PathLike | None = None,
     *,
     images: Sequence | str | os.PathLike | None = None,
+    calibration: Sequence | str | os.PathLike | None = None,
     parity_images: int = PARITY_IMAGES,
     calibration_images: int = CALIBRATION_IMAGES,
     measure: bool = True,
@@ -78,7 +79,8 @@ def export_models(
     """Export to each format under `out` (one format: `out` is its folder; several: `out/<format>/`).
 
     `out` defaults to the model's `exports/` folder (`runs/<name>/exports/<format>/`).
-    `images`: a folder or list of real images for the parity check and int8 calibration.
+    `images`: a folder or list of real images for the parity check (and int8 calibration, unless
+    `calibration` gives other images: ideally training images, with parity on held-out ones).
     """
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
@@ -98,12 +100,15 @@ def export_models(
     folders = {fmt: (root if (out is not None and len(formats) == 1) else root / fmt) for fmt in formats}
 
     paths = _image_list(images)
-    if "tflite-int8" in formats and not paths:
+    calibration_given = _image_list(calibration)
+    if "tflite-int8" in formats and not (paths or calibration_given):
         raise RetreinoError(
             "tflite-int8 calibrates its quantization on real images: pass images=FOLDER (--images) "
             "with a few dozen pictures like those the model will see"
         )
     parity_paths, calibration_paths = _split_images(paths, parity_images, calibration_images, seed)
+    if calibration_given:
+        calibration_paths = _split_images(calibration_given, 0, calibration_images, seed)[1]
     pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
     keras_runtime = _keras_runtime(loaded)
     reference = _probs(keras_runtime, loaded.info, pixels)
@@ -235,7 +240,7 @@ def _write_tflite(int8: bool):
             # Integer kernels throughout; float32 input/output so callers scale pixels the same way
             # for every runtime.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        with _quiet():
+        with _quiet(), quiet_native():
             flatbuffer = converter.convert()
         name = EXPORT_FILES["tflite-int8" if int8 else "tflite"]
         # TFLite Support's convention for associated files: a zip appended to the flatbuffer,
