@@ -377,3 +377,31 @@ def test_micro_batcher_with_max_batch_1_calls_once_per_item():
 
     asyncio.run(main())
     assert calls == [1] * 5
+
+
+def test_micro_batcher_skips_items_whose_client_went_away():
+    from retreino.serve.batcher import MicroBatcher
+
+    seen: list[list[float]] = []
+
+    def record(x: np.ndarray) -> np.ndarray:
+        seen.append(x[:, 0].tolist())
+        return x
+
+    async def main():
+        # A batch of 3 that would wait a minute for company: it runs when the third item comes.
+        batcher = MicroBatcher(record, max_batch=3, max_wait_ms=60_000)
+        await batcher.start()
+        kept = asyncio.create_task(batcher.submit(np.array([1.0])))
+        gone = asyncio.create_task(batcher.submit(np.array([2.0])))
+        for _ in range(5):
+            await asyncio.sleep(0)  # both are queued and taken into the forming batch
+        gone.cancel()  # what a disconnected client's request does
+        last = await batcher.submit(np.array([3.0]))
+        first = await kept
+        await batcher.close()
+        return first, last, gone.cancelled()
+
+    first, last, cancelled = asyncio.run(main())
+    assert cancelled and first.tolist() == [1.0] and last.tolist() == [3.0]
+    assert seen == [[1.0, 3.0]]
