@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1000, help="images in the folder to predict")
     ap.add_argument("--loop-images", type=int, default=100, help="images for the (slow) per-image loop")
     ap.add_argument("--runtimes", default="keras,auto", help="comma-separated runtimes to measure")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32, help="the CLI's default")
     args = ap.parse_args()
 
     from retreino import load_model

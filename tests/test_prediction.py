@@ -209,7 +209,7 @@ def test_5000_images_peak_memory_under_1_5_gb(tmp_path):
     env = dict(os.environ, RETREINO_QUIET="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "retreino", "predict", str(WATER_BOTTLES), str(folder), "--out", str(out),
-         "--names", "5 Galoon=cats,500ML=dogs", "--batch-size", "64"],
+         "--names", "5 Galoon=cats,500ML=dogs"],  # the default batch size, as users run it
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     # wait4 gives this child's own peak RSS (not the whole test session's children).
