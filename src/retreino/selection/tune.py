@@ -317,9 +317,9 @@ def _row(t) -> dict:
     state = t.state.name.lower()
     if t.user_attrs.get("interrupted"):
         state = "interrupted"
-    value = t.value
+    value = t.value if state == "complete" else None  # Optuna gives a pruned trial its last report
     best_epoch = t.user_attrs.get("best_epoch")
-    if value is None and history:  # pruned or failed: the best it reached before stopping
+    if state != "complete" and history:  # pruned or failed: the best it reached before stopping
         scores = [r.get("val_accuracy") for r in history if isinstance(r.get("val_accuracy"), (int, float))]
         if scores:
             value = max(scores)
@@ -434,7 +434,10 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
         done = [r for r in rows if r["state"] == "complete"]
         if done:
             xs = [r["trial"] for r in done]
-            best_so_far = np.maximum.accumulate([r["val_accuracy"] for r in done])
+            best_so_far = list(np.maximum.accumulate([r["val_accuracy"] for r in done]))
+            if rows[-1]["trial"] > xs[-1]:  # carry the line on past later pruned or failed trials
+                xs.append(rows[-1]["trial"])
+                best_so_far.append(best_so_far[-1])
             ax1.step(xs, best_so_far, where="post", color="grey", lw=1.5, label="best so far")
         for ax in (ax1, ax2):
             ax.margins(x=0.08, y=0.15)
