@@ -40,8 +40,10 @@ def test_missing_validation_is_carved_from_train(cats_dogs_subset, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(cats_dogs_subset / "train", root / "train")
     shutil.copytree(cats_dogs_subset / "test", root / "test")
+    (root / "train" / "stray.jpg").write_bytes((root / "test" / "cats").iterdir().__next__().read_bytes())
     ds = load_dataset(root, val_split=0.2, seed=1)
     assert ds.source == "folders"
+    assert [(p.kind, p.path.rsplit("/", 1)[-1]) for p in ds.problems] == [("ignored", "stray.jpg")]
     assert ds.validation.counts() == {"cats": 10, "dogs": 10}
     assert ds.train.counts() == {"cats": 40, "dogs": 40}
     assert len(ds.test) == 40  # the real test folder, untouched

@@ -280,6 +280,10 @@ def _discover(root: Path, labels_csv, val_split: float, test_split: float, seed:
         for f in root.iterdir():
             if _is_candidate(f):
                 problems.append(Problem("ignored", str(f), "file outside train/validation/test; not used"))
+        for d in split_dirs.values():
+            for f in d.iterdir():
+                if _is_candidate(f):
+                    problems.append(Problem("ignored", str(f), f"file outside a class folder of {d.name}/; not used"))
         return "folders", parts, origin, root
 
     by_class = _class_folders(root)
