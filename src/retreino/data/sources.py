@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS
-from .scan import BAD_KINDS, FileInfo, Problem, scan_images
+from .scan import FileInfo, Problem, scan_images
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_NAMES = {
@@ -335,7 +335,7 @@ def _list_paths(paths: list[str], root: str, limit: int = 10) -> str:
     return ", ".join(rel) + more
 
 
-def dataset_problems(ds: Dataset, infos: dict[str, FileInfo], all_parts) -> list[Problem]:
+def dataset_problems(ds: Dataset, infos: dict[str, FileInfo]) -> list[Problem]:
     """Problems that need the whole dataset: missing classes, imbalance, duplicates, leakage."""
     problems: list[Problem] = []
     classes = ds.class_names
@@ -400,7 +400,11 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
 
     all_paths = sorted({str(p) for split in parts.values() for files in split.values() for p in files})
     infos = {i.path: i for i in scan_images(all_paths, deep=deep, desc="checking images")}
-    carved = {"folders": {"train"} | {s for s in ("validation", "test") if not origin.get(s, "").endswith("/")}}.get(source, set(SPLITS))
+    # Splits drawn from one pool of files (all three, or train and what was carved from it).
+    if source == "folders":
+        carved = {"train"} | {s for s in ("validation", "test") if not origin.get(s, "").endswith("/")}
+    else:
+        carved = set(SPLITS)
     _keep_duplicates_together(parts, infos, carved)
     bad = [infos[p] for p in all_paths if not infos[p].ok]
     for info in infos.values():
@@ -431,7 +435,7 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
     ds = Dataset(str(root), source, classes, splits["train"], splits["validation"], splits["test"],
                  files=infos, skipped=[i.path for i in bad], origin=origin,
                  membership={str(p): (name, c) for name, split in parts.items() for c, files in split.items() for p in files})
-    ds.problems = _dedupe(problems) + dataset_problems(ds, infos, parts)
+    ds.problems = _dedupe(problems) + dataset_problems(ds, infos)
 
     if bad:
         listing = _list_paths(ds.skipped, ds.root)
