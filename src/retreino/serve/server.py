@@ -89,7 +89,8 @@ def serve(
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    # 0.0.0.0 is where it listens, not an address a browser can open: show this machine's.
+    url_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bound_host, f"[{bound_host}]" if ":" in bound_host else bound_host)
     url = f"http://{url_host}:{bound_port}"
     info = loaded.info
     batching = f"up to {settings.max_batch} images, {settings.batch_wait_ms:g} ms wait" if settings.max_batch > 1 else "off"
@@ -103,5 +104,6 @@ def serve(
         flush=True,
     )
     if not is_loopback(bound_host):
-        print(f"warning: listening on {bound_host}: anyone who can reach this machine can use the model (there is no authentication)", file=sys.stderr, flush=True)
+        where = "every network interface" if bound_host in ("0.0.0.0", "::") else bound_host
+        print(f"warning: listening on {where} ({bound_host}): anyone who can reach this machine can use the model (there is no authentication)", file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
