@@ -54,6 +54,12 @@ photo: ...%
 >>> len(rows), rows[0]["true"], rows[0]["predicted"] in ("Gato", "Cachorro")
 (8, 'Gato', True)
 >>> fig = retreino.show_predictions(rows, run.dir / "grid.png")
+
+Keep the model anywhere: `.keras` or `.h5`, its metadata inside and `labels.txt` beside it:
+
+>>> saved = retreino.save_model(best, RUNS / "gato-cachorro.keras")
+>>> retreino.load_model(saved).class_names, (RUNS / "labels.txt").read_text().splitlines()
+(['cats', 'dogs'], ['0 cats', '1 dogs'])
 """
 from __future__ import annotations
 
