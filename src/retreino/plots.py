@@ -237,7 +237,7 @@ def scatter_figure(true_idx: Sequence[int], pred_idx: Sequence[int], class_names
         ax.set_xlabel("true class")
         ax.set_ylabel("predicted class")
         ax.set_title("True vs predicted class per image\n(jittered; marker size = confidence)")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 if n <= 3 else -0.2), ncol=2)
+        fig.legend(loc="outside lower center", ncol=2)
         return fig
 
 
