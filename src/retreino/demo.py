@@ -28,7 +28,13 @@ def download_data() -> Path:
     _env.import_tensorflow()
     import keras
 
-    path = Path(keras.utils.get_file("cats_and_dogs_filtered.zip", ARCHIVE, extract=True))
+    try:
+        path = Path(keras.utils.get_file("cats_and_dogs_filtered.zip", ARCHIVE, extract=True))
+    except Exception as exc:  # Keras wraps every network failure in a bare Exception
+        raise SystemExit(
+            f"demo: cannot download {ARCHIVE} ({str(exc).splitlines()[0][-80:]}). Offline, put the shared data "
+            "beside this checkout (../shared/datasets/cats_vs_dogs) or set RETREINO_SHARED=/path/to/shared"
+        ) from None
     for candidate in (path, path.parent / "cats_and_dogs_filtered", path / "cats_and_dogs_filtered"):
         if (candidate / "train").is_dir():
             return candidate
