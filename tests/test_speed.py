@@ -115,7 +115,8 @@ def test_validation_features_are_computed_once(reheaded, real_batch):
     second = [np.asarray(f) for f, _ in acc.validation(images, len(x))]
     assert calls == [8, 8]  # two batches, once
     np.testing.assert_array_equal(np.concatenate(first), np.concatenate(second))
-    np.testing.assert_allclose(np.concatenate(first), np.asarray(acc.split.prefix(x)), atol=1e-6)
+    # Batches of 8 through a traced function vs 16 eagerly: oneDNN blocks differently, float32 rounding.
+    np.testing.assert_allclose(np.concatenate(first), np.asarray(acc.split.prefix(x)), atol=1e-4)
 
 
 ONEDNN_SCRIPT = textwrap.dedent("""
@@ -164,7 +165,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from retreino.config import AugmentConfig
     from retreino import load_model
     data, runs, probe = sys.argv[1:4]
-    common = dict(model=sys.argv[4], data=data, runs_dir=runs, epochs=2, warmup_epochs=1, batch_size=16,
+    common = dict(model=sys.argv[4], data=data, runs_dir=runs, epochs=2, warmup_epochs=0, batch_size=16, test_split=0.0,
                   learning_rate=1e-3, augment=AugmentConfig.off(), accelerate="off", printer=lambda *a: None)
     single = train(name="single", **common)
     mirrored = train(name="mirrored", distribute="mirrored", **common)
@@ -179,10 +180,11 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_over_two_cpu_devices_matches_single_device(tmp_path, real_batch):
-    """Each batch of 16 is split 8+8 over two logical CPUs and the gradients are summed across replicas:
-    the same update as one device up to float32 summation order. Three epochs of Adam (1e-3) later,
-    the losses and the predictions agree to 1e-4."""
-    data = _subset(tmp_path / "data", 16, 8)
+    """The batch of 16 (the whole training split, so both runs see the same batches whatever the
+    shuffling) is split 8+8 over two logical CPUs and the replicas' gradients are summed: the same
+    update as on one device up to float32 summation order. Two epochs of Adam (1e-3) later, the
+    losses and the predictions agree to 1e-4."""
+    data = _subset(tmp_path / "data", 8, 4)
     probe = tmp_path / "probe.npy"
     np.save(probe, real_batch[0][:4])
     env = {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src")}
@@ -192,7 +194,7 @@ def test_mirrored_strategy_over_two_cpu_devices_matches_single_device(tmp_path, 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2
     single, mirrored = out["single"], out["mirrored"]
-    assert len(single["losses"]) == 3
+    assert len(single["losses"]) == 2
     np.testing.assert_allclose(mirrored["losses"], single["losses"], atol=1e-4)
     np.testing.assert_allclose(mirrored["probs"], single["probs"], atol=1e-4)
     assert single["losses"][-1] < single["losses"][0]  # it did train

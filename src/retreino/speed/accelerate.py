@@ -136,7 +136,7 @@ class Accelerator:
         self.split, self.runner = split, runner
         self.batch_size, self.seed = batch_size, seed
         self.cache_budget = cache_budget_mb * 2**20
-        self._val: list | None = None  # [(prefix outputs, labels)] per validation batch
+        self._val: dict[int, list] = {}  # validation batch index -> prefix outputs
         self._train: Features | None = None
         self.timings: dict[str, float] = {}
 
@@ -181,28 +181,27 @@ class Accelerator:
         return n_images * per_image <= self.cache_budget
 
     def validation(self, images_ds, n_images: int):
-        """The validation split as prefix outputs. The first complete pass runs the prefix and keeps
-        its outputs (when they fit the budget); every later pass, in any phase, only reads them."""
+        """The validation split as prefix outputs. The first pass runs the prefix and keeps its
+        outputs batch by batch (when they fit the budget); every later pass, in any phase, reads
+        them back. The split is in file order, so batch i is always the same images."""
         if not self._fits(n_images):
             return self._streamed(images_ds)
-        runner, pack, acc = self.runner, self._pack, self
+        runner, shapes, cache = self.runner, self.runner.output_shapes, self._val
 
-        def batches():
-            if acc._val is not None:
-                for f, y in acc._val:
-                    yield pack(f), y
-                return
-            done = []
-            for x, y in images_ds:
-                f = runner(x.numpy())
-                done.append((f, y.numpy()))
-                yield pack(f), done[-1][1]
-            acc._val = done  # only a complete pass is a cache
+        def features(i, x):
+            i = int(i)
+            if i not in cache:
+                cache[i] = runner(x)
+            return cache[i]
 
-        label_spec = images_ds.element_spec[1]
-        specs = [tf.TensorSpec((None,) + s, tf.float32) for s in runner.output_shapes]
-        signature = (pack(specs), tf.TensorSpec(label_spec.shape, label_spec.dtype))
-        return tf.data.Dataset.from_generator(batches, output_signature=signature)
+        def through(i, batch):
+            x, y = batch
+            outs = tf.numpy_function(features, [i, x], [tf.float32] * len(shapes), stateful=True)
+            for t, s in zip(outs, shapes):
+                t.set_shape((None,) + s)
+            return self._pack(outs), y
+
+        return images_ds.enumerate().map(through, num_parallel_calls=1, deterministic=True).prefetch(2)
 
     def training(self, images_ds, n_images: int, augmenting: bool, ordered_ds=None):
         """Training batches of prefix outputs: cached and reshuffled each epoch when the images never
