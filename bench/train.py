@@ -197,28 +197,32 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="batches per timed epoch for (a) (default 20)")
     ap.add_argument("--bare-images", type=int, default=320, help="preloaded images for (c) (default 320)")
     ap.add_argument("--full", action="store_true", help="also the 10-epoch runs: wall time and test accuracy")
+    ap.add_argument("--only-full", action="store_true", help="only the 10-epoch runs")
     ap.add_argument("--epochs", type=int, default=10)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="retreino-bench-train-"))
     print(f"data {DATA} (train 1400, validation 300, test 300), model {MODEL.name}, batch {BATCH}, last {UNFREEZE} layers; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
     try:
-        a = notebook_throughput(args.steps)
-        print(f"(a) notebook: Keras 2 ImageDataGenerator + fit    {a:7.1f} images/s", flush=True)
-        c = bare_keras_throughput(args.bare_images)
-        print(f"(c) bare Keras 3 step on preloaded tensors         {c:7.1f} images/s", flush=True)
-        run, timer, wall = retreino_train(DATA, tmp, "b", epochs=2, warmup_epochs=0)
-        b = 1400 / timer.train_s[-1]
-        print(f"(b) retreino train (default, augmentation on)      {b:7.1f} images/s", flush=True)
-        print(f"ratios: b/a = {b / a:.1f}x   b/c = {b / c:.1f}x")
-        v = timer.val_s
-        print(f"validation pass (300 images): epoch 1 {v[0]:.2f}s, epoch 2 {v[1]:.2f}s ({100 * v[1] / v[0]:.0f}% of epoch 1)")
-        if args.full:
-            wa, acc_a = notebook_full(args.epochs, tmp)
-            print(f"(a) notebook recipe, {args.epochs} epochs:  wall {wa:7.0f}s  test accuracy {acc_a:.3f}", flush=True)
+        if not args.only_full:
+            a = notebook_throughput(args.steps)
+            print(f"(a) notebook: Keras 2 ImageDataGenerator + fit    {a:7.1f} images/s", flush=True)
+            c = bare_keras_throughput(args.bare_images)
+            print(f"(c) bare Keras 3 step on preloaded tensors         {c:7.1f} images/s", flush=True)
+            run, timer, wall = retreino_train(DATA, tmp, "b", epochs=2, warmup_epochs=0)
+            b = 1400 / timer.train_s[-1]
+            print(f"(b) retreino train (default, augmentation on)      {b:7.1f} images/s", flush=True)
+            print(f"ratios: b/a = {b / a:.1f}x   b/c = {b / c:.1f}x")
+            v = timer.val_s
+            print(f"validation pass (300 images): epoch 1 {v[0]:.2f}s, epoch 2 {v[1]:.2f}s ({100 * v[1] / v[0]:.0f}% of epoch 1)",
+                  flush=True)
+        if args.full or args.only_full:
             run, timer, wb = retreino_train(DATA, tmp, "full", epochs=args.epochs)
             acc_b = test_accuracy(run)
-            print(f"(b) retreino train, {len(run.history)} epochs ({args.epochs} + warm-up):  wall {wb:7.0f}s  test accuracy {acc_b:.3f}")
+            print(f"(b) retreino train, {len(run.history)} epochs ({args.epochs} + warm-up):  wall {wb:7.0f}s  "
+                  f"test accuracy {acc_b:.3f}", flush=True)
+            wa, acc_a = notebook_full(args.epochs, tmp)
+            print(f"(a) notebook recipe, {args.epochs} epochs:  wall {wa:7.0f}s  test accuracy {acc_a:.3f}", flush=True)
             print(f"full run: b/a = {wa / wb:.1f}x faster, test accuracy {acc_b - acc_a:+.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
