@@ -4,6 +4,8 @@
 
 const PALETTE = ["#4f46e5", "#0891b2", "#d97706", "#db2777", "#16a34a", "#7c3aed", "#dc2626", "#0d9488", "#ca8a04", "#2563eb"];
 const IN_FLIGHT = 4; // parallel uploads from this page
+const MAX_BARS = 6; // a 1000-class model shows its best few, not 1000 bars
+const MAX_CHIPS = 24;
 
 const $ = (sel) => document.querySelector(sel);
 const state = { model: null, colors: {}, queue: [], running: 0, done: [], total: 0 };
@@ -30,14 +32,20 @@ async function loadModel() {
     $("#model-meta").textContent =
       `${m.classes.length} classes · ${m.input_size[0]}×${m.input_size[1]} input · ${m.runtime} runtime · up to ${m.limits.max_file_mb} MB per image`;
     const list = $("#model-classes");
-    list.replaceChildren(
-      ...m.classes.map((c) => {
-        const li = document.createElement("li");
-        li.textContent = c;
-        li.style.setProperty("--c", colorOf(c));
-        return li;
-      })
-    );
+    const chips = m.classes.slice(0, MAX_CHIPS).map((c) => {
+      const li = document.createElement("li");
+      li.textContent = c;
+      li.style.setProperty("--c", colorOf(c));
+      return li;
+    });
+    if (m.classes.length > MAX_CHIPS) {
+      const li = document.createElement("li");
+      li.className = "more";
+      li.textContent = `+ ${m.classes.length - MAX_CHIPS} more`;
+      li.title = m.classes.slice(MAX_CHIPS).join(", ");
+      chips.push(li);
+    }
+    list.replaceChildren(...chips);
   } catch (err) {
     $("#model-name").textContent = "Server unreachable";
     $("#model-meta").textContent = String(err);
@@ -129,7 +137,8 @@ function show(card, p, ms) {
   card.style.setProperty("--c", colorOf(p.class));
   card.querySelector(".confidence").textContent = pct(p.confidence);
   card.querySelector(".confidence").title = `${(p.confidence * 100).toFixed(2)}% · ${ms} ms on the server`;
-  const rows = Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]);
+  const all = Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]);
+  const rows = all.slice(0, MAX_BARS);
   const bars = card.querySelector(".bars");
   bars.replaceChildren(
     ...rows.map(([name, prob]) => {
@@ -154,6 +163,12 @@ function show(card, p, ms) {
       return li;
     })
   );
+  if (all.length > rows.length) {
+    const more = document.createElement("li");
+    more.className = "more";
+    more.textContent = `+ ${all.length - rows.length} more classes, together ${pct(all.slice(MAX_BARS).reduce((s, [, v]) => s + v, 0))}`;
+    bars.append(more);
+  }
   state.done.push(p.class);
 }
 
