@@ -133,7 +133,7 @@ def test_bad_input_raises_one_line_retreino_errors(tour, tmp_path):
     assert "\n" not in str(info.value) and "no-such-folder" in str(info.value)
     with pytest.raises(retreino.RetreinoError, match="missing.jpg"):
         retreino.predict(g["best"], tmp_path / "missing.jpg")
-    with pytest.raises(retreino.RetreinoError, match="no such folder"):
+    with pytest.raises(retreino.RetreinoError, match="no such file or folder"):
         retreino.show_images(tmp_path / "nothing-here")
     with pytest.raises(retreino.RetreinoError, match="kittens"):
         retreino.predict(g["best"], g["IMAGE"], names={"kittens": "Gato"})
@@ -155,3 +155,5 @@ def test_show_images_takes_turns_between_classes(tmp_path):
     paths = sorted((folder / "dogs").glob("*.jpg"))
     fig = retreino.show_images(paths)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [p.name for p in paths]
+    fig = retreino.show_images(paths[0])
+    assert [ax.get_title() for ax in fig.axes] == [paths[0].name]

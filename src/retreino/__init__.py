@@ -156,8 +156,10 @@ def show_images(images: Any, n: int = 12, path: str | os.PathLike | None = None,
 
 
 def _labelled_paths(images: Any) -> tuple[list[str], list[str | None]]:
-    if hasattr(images, "train") and hasattr(images, "class_names"):  # a Dataset: show what training sees
-        images = images.train
+    if hasattr(images, "splits") and hasattr(images, "class_names"):  # a Dataset: show what training sees
+        images = next((s for s in images.splits() if len(s)), None)
+        if images is None:
+            raise RetreinoError("the dataset holds no images")
     if hasattr(images, "paths") and hasattr(images, "labels"):  # a Split
         return list(images.paths), [images.class_names[int(i)] for i in images.labels]
     if isinstance(images, (str, os.PathLike)) and os.path.isdir(images):
@@ -168,7 +170,9 @@ def _labelled_paths(images: Any) -> tuple[list[str], list[str | None]]:
         labels = [os.path.relpath(os.path.dirname(os.path.abspath(p)), root) for p in paths]
         return paths, [None if lab == "." else lab for lab in labels]
     if isinstance(images, (str, os.PathLike)):
-        raise RetreinoError(f"{images}: no such folder")
+        if os.path.isfile(images):
+            return [str(images)], [None]
+        raise RetreinoError(f"{images}: no such file or folder")
     return [str(p) for p in images], [None] * len(images)
 
 
