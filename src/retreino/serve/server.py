@@ -92,10 +92,11 @@ def serve(
     # 0.0.0.0 is where it listens, not an address a browser can open: show this machine's.
     url_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bound_host, f"[{bound_host}]" if ":" in bound_host else bound_host)
     url = f"http://{url_host}:{bound_port}"
-    info = loaded.info
+    info = predictor.info
+    shown = ", ".join(classes) if len(classes) <= 10 else ", ".join(classes[:8]) + f", ... ({len(classes) - 8} more)"
     batching = f"up to {settings.max_batch} images, {settings.batch_wait_ms:g} ms wait" if settings.max_batch > 1 else "off"
     print(
-        f"retreino serve: {model_name(str(model))} ({len(classes)} classes: {', '.join(classes)}; "
+        f"retreino serve: {model_name(str(model))} ({len(classes)} classes: {shown}; "
         f"{info.input_size[0]}x{info.input_size[1]}; runtime {predictor.runtime})\n"
         f"  page    {url}/\n"
         f"  API     POST {url}/predict    docs {url}/docs\n"
