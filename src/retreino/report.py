@@ -240,7 +240,7 @@ def _dataset_section(cfg: dict | None) -> str:
     parts = ['<section id="dataset"><h2>Dataset</h2>']
     kv = [["root", data.get("root")], ["source", data.get("source")], ["classes", ", ".join(data.get("class_names") or [])],
           ["fingerprint", data.get("fingerprint")]]
-    parts.append(_table([r for r in kv if r[1]], ["", ""]))
+    parts.append(_table([r for r in kv if r[1]]))
     if counts:
         classes = list(data.get("class_names") or sorted({c for s in counts.values() for c in s}))
         splits = list(counts)
@@ -270,7 +270,7 @@ def _config_section(cfg: dict | None) -> str:
     model = cfg.get("model") or {}
     if model:
         rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in model.items() if v not in (None, [], "")]
-        side.append("<h3>Model</h3>" + _table(rows, ["", ""]))
+        side.append("<h3>Model</h3>" + _table(rows))
     versions = cfg.get("versions") or {}
     if versions:
         side.append("<h3>Versions</h3>" + _table([[k, v] for k, v in versions.items()], ["package", "version"]))
