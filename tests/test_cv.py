@@ -109,7 +109,7 @@ def test_rerun_skips_finished_folds_and_resumes_a_half_done_one(cv_run):
     code, out = _cli(*args)
     assert code == 0, out
     assert "fold 1/2: already finished" in out
-    assert "fold_2 already finished" in out  # train(resume=...) found the run complete: no epoch re-run
+    assert "fold_2: training finished earlier; measuring its best model" in out
     assert "epoch  1/1" not in out
     after = json.loads((cv_dir / "cv_summary.json").read_text())
     for key in before["mean"]:

@@ -145,10 +145,10 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
             printer(f"Interrupted in fold {k}: run the same command again to continue from its last epoch")
             raise KeyboardInterrupt
         record = _measure_fold(run, k, len(train_paths), val_paths, labels[held], classes)
-        record["seconds"] = round(countdown.stop(), 1)  # this session's wall time, model loading included
+        took = countdown.stop()
         write_json(fold_run / FOLD_METRICS, record)
         results.append(record)
-        printer(f"fold {k}/{folds} done in {duration(record['seconds'])}: accuracy {record['accuracy']:.3f}, "
+        printer(f"fold {k}/{folds} done in {duration(took)}: accuracy {record['accuracy']:.3f}, "
                 f"macro F1 {record['macro_f1']:.3f}, loss {record['loss']:.4f} (best epoch {record['best_epoch']})")
 
     summary = summarise(results, cfg, folds, classes, plan)
@@ -177,8 +177,10 @@ def _train_fold(cfg, cv_dir: Path, k: int, train_paths, train_labels, val_paths,
     from ..training import train
 
     fold_run = cv_dir / f"fold_{k}"
+    if _finished(fold_run):  # trained, but killed before it was measured
+        printer(f"{fold_run.name}: training finished earlier; measuring its best model")
+        return train(resume=fold_run, printer=lambda *_: None)
     if (fold_run / runs.STATE).exists():
-        printer(f"Resuming {fold_run}")
         return train(resume=fold_run, printer=printer)
     if fold_run.exists():  # killed before its first state.json: nothing worth keeping
         shutil.rmtree(fold_run)
@@ -232,6 +234,8 @@ def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> 
         "roc_auc": m.get("roc_auc"),
         "best_epoch": run.best_epoch,
         "epochs": len(history),
+        # Training time from history.csv (the same on a resume); model loading and saving not included.
+        "seconds": round(sum(float(r.get("seconds") or 0) for r in history), 1),
         "run_dir": str(run.dir),
     }
 
