@@ -3,6 +3,7 @@ and the guard that a resumed selection directory was started with the same setti
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -93,3 +94,8 @@ def _flat(value, prefix: str = "") -> dict:
             out.update(_flat(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip(".") or "value": value}
+
+
+def folder_name(name: str) -> str:
+    """A run name as a folder name, cleaned the way `runs.new_run_dir` cleans it."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"

@@ -33,7 +33,7 @@ from ..atomic import write_json, write_text
 from ..config import TrainConfig
 from ..console import table
 from ..errors import RetreinoError
-from .common import Countdown, IndentPrinter, check_same_settings, duration
+from .common import Countdown, IndentPrinter, check_same_settings, duration, folder_name
 
 PLAN = "plan.json"
 SUMMARY = "cv_summary.json"
@@ -105,7 +105,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
         )
     assignment = fold_assignment(labels, folds, cfg.seed)
 
-    name = cfg.name or _default_name(cfg)
+    name = folder_name(cfg.name or _default_name(cfg))
     cv_dir = Path(cfg.runs_dir) / f"{name}-cv"
     plan = {
         "folds": folds,

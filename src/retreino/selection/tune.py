@@ -29,7 +29,7 @@ from ..atomic import write_json, write_text
 from ..config import AugmentConfig, TrainConfig
 from ..console import table
 from ..errors import RetreinoError
-from .common import Countdown, IndentPrinter, check_same_settings, duration
+from .common import Countdown, IndentPrinter, check_same_settings, duration, folder_name
 
 SETTINGS = "tune.json"
 STUDY_DB = "study.db"
@@ -153,7 +153,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     if trials < 1:
         raise RetreinoError(f"--trials must be at least 1, got {trials}")
     space = space or SearchSpace()
-    name = base.name or _default_name(base)
+    name = folder_name(base.name or _default_name(base))
     tune_dir = Path(base.runs_dir) / f"{name}-tune"
     pruner_name = pruner if isinstance(pruner, str) else type(pruner).__name__
     pruner = _pruner(pruner)  # an unknown name fails here, before anything is written
