@@ -187,3 +187,22 @@ def test_cli_evaluate_mistakes_are_one_line_errors(run_dir, cats_dogs_subset, tm
     assert err.startswith("retreino evaluate: error:") and "horses" in err and "\n" not in err
     assert main(["evaluate", "--run", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_labels_csv_dataset(cats_dogs, tmp_path):
+    """Images in one folder, labels in labels.csv (not folder names): every labelled image is scored."""
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    lines = ["filename,label"]
+    for cls in ("cats", "dogs"):
+        for f in real_images("validation", cls, 3):
+            shutil.copy(f, images / f.name)
+            lines.append(f"{f.name},{cls}")
+    shutil.copy(real_images("test", "cats", 1)[0], images / "unlabelled.jpg")  # no row: not scored
+    (tmp_path / "data" / "labels.csv").write_text("\n".join(lines) + "\n")
+    r = evaluate(cats_dogs, images, out=tmp_path / "out", progress=False)
+    assert r.metrics["n"] == 6 and r.metrics["split"] == "all"
+    rows, classes, y, pred, probs = read_predictions(tmp_path / "out" / "predictions.csv")
+    assert sorted(Path(x["path"]).name for x in rows) == sorted(l.split(",")[0] for l in lines[1:])
+    assert np.bincount(y).tolist() == [3, 3]
+    assert r.metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))
