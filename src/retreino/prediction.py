@@ -243,19 +243,25 @@ def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "st
         def submit(chunk):
             pending.append((chunk, [pool.submit(_decode, p, size, mode) for p in chunk]))
 
-        for chunk in chunks:
-            submit(chunk)
-            if len(pending) > prefetch:
-                break
-        while pending:
-            chunk, futures = pending.popleft()
-            nxt = next(chunks, None)
-            if nxt is not None:
-                submit(nxt)
-            results = [f.result() for f in futures]
-            ok = [i for i, (px, _) in enumerate(results) if px is not None]
-            pixels = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, *size, 3), np.uint8)
-            yield chunk, pixels, ok, [err for _, err in results]
+        try:
+            for chunk in chunks:
+                submit(chunk)
+                if len(pending) > prefetch:
+                    break
+            while pending:
+                chunk, futures = pending.popleft()
+                nxt = next(chunks, None)
+                if nxt is not None:
+                    submit(nxt)
+                results = [f.result() for f in futures]
+                ok = [i for i, (px, _) in enumerate(results) if px is not None]
+                pixels = np.stack([results[i][0] for i in ok]) if ok else np.zeros((0, *size, 3), np.uint8)
+                yield chunk, pixels, ok, [err for _, err in results]
+        finally:
+            # Stopped early (Ctrl-C, an error downstream): drop the decodes nobody will read.
+            for _, futures in pending:
+                for f in futures:
+                    f.cancel()
 
 
 def true_class_from_path(path: Path, class_names: Sequence[str], display: Sequence[str]) -> str | None:
