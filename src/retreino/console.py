@@ -33,7 +33,11 @@ def key_values(pairs: Sequence[tuple[str, object]]) -> str:
 
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kw):
     """A tqdm bar on stderr; quiet when RETREINO_QUIET is set. Shows rate and ETA."""
-    from tqdm.auto import tqdm
+    try:  # notebook widgets when Jupyter can draw them, else a plain text bar (no IProgress warning)
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
 
     disable = os.environ.get("RETREINO_QUIET", "") not in ("", "0")
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, **kw)

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 from ..atomic import atomic_path, write_text
+from ..errors import RetreinoError
 from .info import LoadedModel, ModelInfo, labels_text
 
 META_MEMBER = "retreino.json"
@@ -24,7 +25,7 @@ def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True)
     meta = json.dumps(loaded.info.to_dict())
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
-        raise ValueError(f"save_model writes .keras or .h5, not {path.name}")
+        raise RetreinoError(f"save_model writes .keras or .h5 files, not {path.name}")
     with atomic_path(path) as tmp, _quiet_h5_warning():
         loaded.model.save(tmp)
         if suffix == ".keras":
