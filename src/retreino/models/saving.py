@@ -22,10 +22,10 @@ META_ATTR = "retreino"
 def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True) -> Path:
     """Save as `.keras` or `.h5` (by suffix), atomically, metadata included."""
     path = Path(path)
-    meta = json.dumps(loaded.info.to_dict())
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise RetreinoError(f"save_model writes .keras or .h5 files, not {path.name}")
+    meta = json.dumps(loaded.info.to_dict())
     with atomic_path(path) as tmp, _quiet_h5_warning():
         loaded.model.save(tmp)
         if suffix == ".keras":
