@@ -97,7 +97,7 @@ def retrained_exports(retrained_run) -> dict:
     from retreino.export import FORMATS, export_models
 
     loaded = load_model(retrained_run)
-    calibration = real_images("train", "cats", 60)[-25:] + real_images("train", "dogs", 60)[-25:]
+    calibration = real_images("train", "cats", 100)[50:] + real_images("train", "dogs", 100)[50:]
     results = export_models(loaded, FORMATS, images=held_out_images(), calibration=calibration)
     return {r.format: r for r in results}
 

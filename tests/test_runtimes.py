@@ -39,7 +39,7 @@ def _set_latencies(run, keras_ms, **by_format):
 def pixels():
     from retreino.data.images import read_image
 
-    return np.stack([read_image(p, (224, 224)) for p in held_out_images(4)])
+    return np.stack([read_image(p, (224, 224)) for p in held_out_images(2)])
 
 
 def test_auto_uses_the_fastest_export_that_passed(run_copy):
@@ -96,8 +96,9 @@ def test_runtime_override(runtime, retrained_run, retrained_exports, pixels):
     probs = p.predict_pixels(pixels)
     ref = Predictor(loaded, runtime="keras").predict_pixels(pixels)
     assert probs.shape == (4, 2)
-    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-3)
-    if runtime != "tflite-int8":
+    if runtime == "tflite-int8":  # an int8 softmax moves in steps of 1/256
+        np.testing.assert_allclose(probs.sum(1), 1, atol=2 / 256)
+    else:
         np.testing.assert_allclose(probs, ref, atol=1e-4)
 
 
@@ -105,7 +106,7 @@ def test_named_runtime_without_an_export_says_how_to_make_one(water_bottles):
     from retreino.inference import Predictor
 
     assert Predictor(water_bottles).runtime == "keras"  # no exports: Keras, silently correct
-    with pytest.raises(RetreinoError, match=r"no tflite export .* retreino export .* --format tflite"):
+    with pytest.raises(RetreinoError, match=r"no tflite export .* `retreino export .* --format tflite` first"):
         Predictor(water_bottles, runtime="tflite")
     with pytest.raises(RetreinoError, match="unknown runtime 'tensorrt'"):
         Predictor(water_bottles, runtime="tensorrt")

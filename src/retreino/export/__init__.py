@@ -159,6 +159,7 @@ def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind,
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    started = time.perf_counter()
     try:
         info = _export_info(loaded, fmt)
         record = {
@@ -182,6 +183,7 @@ def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind,
         runtime = runtimes.open_record(runtimes.read_export(tmp))
         got = _probs(runtime, info, pixels)
         record["parity"] = _parity(fmt, reference, got, image_kind)
+        record["export_seconds"] = round(time.perf_counter() - started, 1)
         if measure:
             record["latency_ms"] = _latency_ms(runtime, info)
             record["keras_latency_ms"] = keras_latency

@@ -44,8 +44,9 @@ _DROP_IF = {
     "synchronized": False,
     "renorm": False,
     "renorm_clipping": None,
-    "keepdims": False,  # GlobalPooling: unknown to Keras < 2.6, which TM's sample code may run on
 }
+# Keras 2.6+ options: dropped at their default so older Keras 2 (TM's sample code) reads the file too.
+_DROP_AT_DEFAULT = {"keepdims": False}
 # Keras 3-only options of initializers (VarianceScaling), harmless when None.
 _NESTED_DROP = ("input_axes", "output_axes")
 _DROP_WITH_RENORM_OFF = ("renorm_momentum",)
@@ -246,6 +247,9 @@ def keras2_layer_config(cls: str, cfg: dict, fmt: str = "h5") -> dict:
                     f"layer '{name}' ({cls}) uses {key}={out[key]!r}, a Keras 3 option the {fmt} format "
                     "(Keras 2) cannot express"
                 )
+            del out[key]
+    for key, default in _DROP_AT_DEFAULT.items():
+        if out.get(key, object()) == default:
             del out[key]
     if cls == "InputLayer":
         out["batch_input_shape"] = out.pop("batch_shape", None)
