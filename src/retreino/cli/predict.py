@@ -25,8 +25,9 @@ def register(sub) -> None:
     p.add_argument("--grid", metavar="PNG", help="draw a thumbnail grid labelled with predictions")
     p.add_argument("--grid-size", type=int, default=36, help="images in the grid (default 36)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--runtime", default="keras", metavar="NAME",
-                   help="forward pass engine: keras (default), auto (fastest checked export), onnx, tflite, ...")
+    p.add_argument("--runtime", default="auto", metavar="NAME",
+                   help="forward pass engine: auto (default: the fastest export that passed its parity check, "
+                        "else keras), keras, onnx, tflite, tflite-int8, savedmodel")
     p.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"), help="how images are fitted to the input")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
