@@ -157,6 +157,10 @@ def learning_curves_figure(rows: list[dict]):
             ax.xaxis.get_major_locator().set_params(integer=True)
             if metric == "accuracy":
                 ax.set_ylim(max(0.0, float(np.nanmin(np.r_[_series(rows, "accuracy"), val_acc, [1.0]])) - 0.05), 1.01)
+                # Whole-percent ticks only: the default 2.5% steps print as 82%, 85%, 88% after rounding.
+                from matplotlib.ticker import MaxNLocator
+
+                ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
                 ax.yaxis.set_major_formatter(_percent())
             ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=9)
         title = "Learning curves"
