@@ -39,7 +39,10 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     except ImportError:
         from tqdm.std import tqdm
 
-    disable = os.environ.get("RETREINO_QUIET", "") not in ("", "0")
+    # A bar belongs on a terminal or in Jupyter; in a log file it would write every update
+    # (the one-line summaries that commands print are enough there).
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    disable = os.environ.get("RETREINO_QUIET", "") not in ("", "0") or not interactive
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, **kw)
 
 
