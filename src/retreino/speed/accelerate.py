@@ -163,8 +163,8 @@ class Accelerator:
 
     def describe(self) -> str:
         tail_layers = [layer for layer in self.tail.layers if layer.__class__.__name__ != "InputLayer"]
-        return (f"Frozen prefix ({self.split.prefix_layers} layers) on {self.runner.describe()}; "
-                f"the last {len(tail_layers)} layers train in Keras on its outputs")
+        return (f"Speed: the {self.split.prefix_layers} frozen layers in front run on {self.runner.describe()}, "
+                f"validation outputs cached; the {len(tail_layers)} layers after them run in Keras")
 
     # -- features ---------------------------------------------------------------------------------
     def compute(self, images_ds) -> Features:
