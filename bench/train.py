@@ -219,8 +219,9 @@ def main() -> int:
         if args.full or args.only_full:
             run, timer, wb = retreino_train(DATA, tmp, "full", epochs=args.epochs)
             acc_b = test_accuracy(run)
-            print(f"(b) retreino train, {len(run.history)} epochs ({args.epochs} + warm-up):  wall {wb:7.0f}s  "
-                  f"test accuracy {acc_b:.3f}", flush=True)
+            warm = sum(r["phase"] == "warmup" for r in run.history)
+            print(f"(b) retreino train, {len(run.history)} epochs ({warm} warm-up + {len(run.history) - warm} fine-tuning of "
+                  f"{args.epochs}):  wall {wb:7.0f}s  test accuracy {acc_b:.3f}", flush=True)
             wa, acc_a = notebook_full(args.epochs, tmp)
             print(f"(a) notebook recipe, {args.epochs} epochs:  wall {wa:7.0f}s  test accuracy {acc_a:.3f}", flush=True)
             print(f"full run: b/a = {wa / wb:.1f}x faster, test accuracy {acc_b - acc_a:+.3f}")
