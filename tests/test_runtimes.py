@@ -148,3 +148,19 @@ def test_a_file_without_metadata_is_refused_not_guessed(retrained_exports, tmp_p
     onnx.save(model, str(bare))
     with pytest.raises(RetreinoError, match="carries no retreino metadata.*Re-export"):
         load_runtime(bare)
+
+
+def test_tflite_runtime_is_safe_under_concurrent_calls(retrained_exports, pixels):
+    """serve calls one Predictor from several threads; one LiteRT interpreter must not interleave them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retreino.preprocessing import scale_pixels_np
+    from retreino.runtimes import load_runtime
+
+    runtime = load_runtime(retrained_exports["tflite"].folder)
+    x = scale_pixels_np(pixels, "tf")
+    expected = {n: runtime(x[:n]) for n in (1, 2, 3, 4)}
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: (n, runtime(x[:n])), [1, 2, 3, 4] * 6))
+    for n, out in results:
+        np.testing.assert_allclose(out, expected[n], atol=1e-6)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,14 @@ class TFLiteRuntime(Runtime):
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
+        # One interpreter owns its tensors: concurrent calls (serve's worker threads) must queue.
+        self._lock = threading.Lock()
 
     def __call__(self, x):
-        x = np.asarray(x, np.float32)
+        with self._lock:
+            return self._run(np.asarray(x, np.float32))
+
+    def _run(self, x):
         if x.shape[0] != self._batch:
             self.interpreter.resize_tensor_input(self._input["index"], list(x.shape))
             self.interpreter.allocate_tensors()
