@@ -274,3 +274,35 @@ def test_cli_exports_the_real_teachable_machine_model(tmp_path, capsys):
     assert "model.h5" in out and "on 10 real" in out and "ok" in out
     meta = json.loads((tmp_path / "h5" / "retreino.json").read_text())
     assert meta["class_names"] == ["5 Galoon", "500ML"] and meta["export"]["parity"]["passed"]
+
+
+def test_keras2_h5_writer_covers_the_rest_of_its_supported_layers(tmp_path):
+    import keras
+    import tf_keras
+
+    from retreino.export.keras2_h5 import SUPPORTED, write_keras2_h5
+
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    c = L.Conv2D(4, 3, padding="same")(inp)
+    c2 = L.Conv2D(4, 1)(inp)
+    maps = [
+        L.Conv2DTranspose(3, 3, strides=2)(c), L.LayerNormalization()(c), L.ELU()(c), L.PReLU()(c),
+        L.GaussianNoise(0.1)(c), L.GaussianDropout(0.1)(c), L.SpatialDropout2D(0.1)(c), L.Cropping2D(2)(c),
+        L.UpSampling2D(2)(c), L.Activation("tanh")(c), L.Subtract()([c, c2]), L.Multiply()([c, c2]),
+        L.Average()([c, c2]), L.Maximum()([c, c2]), L.Minimum()([c, c2]),
+    ]
+    vectors = [L.GlobalAveragePooling2D()(m) for m in maps]
+    vectors.append(L.Flatten()(L.Conv1D(2, 3)(L.Reshape((256, 4))(c))))
+    vectors.append(L.Flatten()(L.Permute((3, 1, 2))(c)))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.Concatenate()(vectors)))
+    used = {layer.__class__.__name__ for layer in model.layers}
+    assert used >= SUPPORTED - {"BatchNormalization", "DepthwiseConv2D", "SeparableConv2D", "LeakyReLU", "ReLU",
+                                "Softmax", "Dropout", "MaxPooling2D", "AveragePooling2D", "GlobalMaxPooling2D",
+                                "ZeroPadding2D", "Add", "Rescaling"}
+
+    write_keras2_h5(model, tmp_path / "m.h5")
+    x = np.random.RandomState(1).uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
+    k2 = tf_keras.models.load_model(str(tmp_path / "m.h5"), compile=False)
+    np.testing.assert_allclose(k2.predict(x, verbose=0), np.asarray(model(x)), atol=1e-5)

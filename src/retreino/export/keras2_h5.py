@@ -44,6 +44,7 @@ _DROP_IF = {
     "synchronized": False,
     "renorm": False,
     "renorm_clipping": None,
+    "rms_scaling": False,  # LayerNormalization
 }
 # Keras 2.6+ options: dropped at their default so older Keras 2 (TM's sample code) reads the file too.
 _DROP_AT_DEFAULT = {"keepdims": False}
@@ -255,8 +256,6 @@ def keras2_layer_config(cls: str, cfg: dict, fmt: str = "h5") -> dict:
         out["batch_input_shape"] = out.pop("batch_shape", None)
     if cls == "LeakyReLU":
         out["alpha"] = out.pop("negative_slope", 0.3)
-    if cls == "DepthwiseConv2D" and out.get("depth_multiplier", 1) != 1 and "groups" in out:
-        del out["groups"]
     return out
 
 
