@@ -306,3 +306,14 @@ def test_keras2_h5_writer_covers_the_rest_of_its_supported_layers(tmp_path):
     x = np.random.RandomState(1).uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
     k2 = tf_keras.models.load_model(str(tmp_path / "m.h5"), compile=False)
     np.testing.assert_allclose(k2.predict(x, verbose=0), np.asarray(model(x)), atol=1e-5)
+
+
+def test_cli_and_api_agree_on_the_formats():
+    from retreino.cli.export import FORMATS as CLI_FORMATS, parse_formats
+    from retreino.export import FORMATS
+
+    assert CLI_FORMATS == FORMATS
+    assert parse_formats("all") == list(FORMATS)
+    assert parse_formats("ONNX, tflite") == ["onnx", "tflite"]
+    with pytest.raises(RetreinoError, match="unknown export format 'tensorrt'"):
+        parse_formats("onnx,tensorrt")

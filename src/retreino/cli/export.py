@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .common import add_model_args, model_kwargs
 
+# Same as retreino.export.FORMATS, spelled out so `--help` answers without importing TensorFlow.
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
 
 
