@@ -88,9 +88,11 @@ def _run_images(model: Path) -> str | None:
     if not config.is_file():
         return None
     try:
-        data = json.loads(config.read_text(encoding="utf-8")).get("data")
+        record = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+    # A run's config.json: {"config": {"data": ROOT, ...}, "data": {"root": ROOT, ...}, ...}
+    data = (record.get("config") or {}).get("data") or (record.get("data") or {}).get("root")
     if not data or not Path(data).is_dir():
         return None
     for split in ("test", "validation"):
