@@ -208,3 +208,23 @@ def test_speed_options_are_checked_and_explained(tmp_path, capsys):
     assert "unknown --distribute 'everywhere'" in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--precision", "mixed"]) == 0
     assert "--precision mixed needs a GPU and none is visible: training in float32" in capsys.readouterr().out
+
+
+def test_accelerated_run_saves_the_full_model_with_its_optimizer(tmp_path):
+    """The tail trains, but the run directory holds the full model, and last.keras the optimizer state
+    that --resume needs (Adam, its step count), not a default optimizer."""
+    from retreino.config import AugmentConfig
+    from retreino.training import train
+
+    data = _subset(tmp_path / "data", 8, 4)
+    lines = []
+    run = train(model=str(WATER_BOTTLES), data=str(data), runs_dir=str(tmp_path / "runs"), name="fast", epochs=2,
+                warmup_epochs=0, batch_size=8, test_split=0.0, augment=AugmentConfig.off(), printer=lines.append)
+    assert any(line.startswith("Speed: the 149 frozen layers in front run on ONNX Runtime") for line in lines), lines
+    best = load_model(run.dir)
+    assert best.model.input_shape == (None, 224, 224, 3) and best.class_names == ["cats", "dogs"]
+    last = keras.saving.load_model(run.dir / "last.keras")
+    assert type(last.optimizer).__name__ == "Adam"
+    assert int(last.optimizer.iterations) == 4  # 2 epochs x 2 batches of 8
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(load_model(run.dir / "fine_tuned_model.h5").model(x)), np.asarray(best.model(x)), atol=1e-6)

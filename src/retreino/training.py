@@ -91,9 +91,11 @@ def train(
     `resume=runs/<name>` continues an interrupted run to the same epoch count.
     `callbacks` are extra Keras callbacks (e.g. a tuner's pruning callback), run after retreino's own.
 
-    >>> run = train(model="../shared/models/teachable_machine/water_bottles",
-    ...             data="../shared/datasets/cats_vs_dogs", epochs=2)  # doctest: +SKIP
+    >>> run = train(model=MODEL, data=DATA, epochs=1, warmup_epochs=1, runs_dir=RUNS, printer=None)
+    >>> [row["phase"] for row in run.history], run.best_model.class_names
+    (['warmup', 'finetune'], ['cats', 'dogs'])
     """
+    printer = printer or (lambda *args, **kwargs: None)  # printer=None: a quiet run
     if resume is not None:
         return _resume(Path(resume), printer=printer, callbacks=callbacks)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
@@ -156,7 +158,7 @@ class _Trainer:
         return train, val
 
     def accelerated_data(self):
-        """(model to fit, train data, validation data, accelerator or None)."""
+        """(training data, validation data, accelerator or None) for this run."""
         from .speed.devices import accelerate_reason
 
         cfg = self.cfg
@@ -165,24 +167,22 @@ class _Trainer:
         if reason is None:
             from .speed.accelerate import Accelerator
 
-            train_ds, val_ds = self.pipelines(ordered_train=not augmenting)
-            sample = next(iter(val_ds))[0].numpy()
-            acc = Accelerator.build(
-                self.loaded.model, lambda m: freeze_all_but_last(m, cfg.unfreeze, train_bn=cfg.train_bn), sample,
+            acc = Accelerator.prepare(
+                self.loaded.model, lambda m: freeze_all_but_last(m, cfg.unfreeze, train_bn=cfg.train_bn),
                 batch_size=cfg.batch_size, seed=cfg.seed, cache_budget_mb=cfg.cache_budget_mb,
             )
-            if acc is not None:
-                self.printer(acc.describe())
-                n_train, n_val = len(self.dataset.train), len(self.dataset.validation)
-                if augmenting:
-                    train_in = acc.training(train_ds, n_train, augmenting=True)
-                else:
-                    train_in = acc.training(None, n_train, augmenting=False, ordered_ds=train_ds)
-                return train_in, acc.validation(val_ds, n_val), acc
-            self.printer("Frozen-prefix acceleration: nothing frozen at the front of the network; plain Keras")
-            if not augmenting:  # the ordered pipeline would not shuffle
+            if acc is None:
+                self.printer("Speed: nothing is frozen at the front of the network, so every layer runs in Keras")
                 train_ds, val_ds = self.pipelines()
-            return train_ds, val_ds, None
+                return train_ds, val_ds, None
+            cache_train = not augmenting and acc.fits(len(self.dataset.train))
+            train_ds, val_ds = self.pipelines(ordered_train=cache_train)
+            acc.start(next(iter(val_ds))[0].numpy())
+            self.printer(acc.describe())
+            train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)
+            return train_in, acc.validation(val_ds, len(self.dataset.validation)), acc
+        if cfg.accelerate != "off":
+            self.printer(f"Speed: frozen-prefix acceleration {reason}")
         train_ds, val_ds = self.pipelines()
         return train_ds, val_ds, None
 
@@ -328,7 +328,16 @@ class _Trainer:
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
         save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
-        save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+        # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
+        # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
+        # would silently switch optimizers. Keep the config intact.
+        compile_config = getattr(model, "_compile_config", None)
+        kept = dict(compile_config.config) if compile_config is not None else None
+        try:
+            save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+        finally:
+            if kept is not None:
+                compile_config.config = kept
 
     def finish(self, run: Run):
         if run.history:

@@ -77,11 +77,40 @@ class PrefixRunner:
         return f"Keras ({self.reason})" if self.reason else "Keras"
 
 
+# Exported prefixes of this process by content: cross-validation folds and tuning trials start from
+# the same frozen weights, and the export is the slow part (seconds).
+_EXPORTS: dict[str, bytes] = {}
+
+
+def _fingerprint(prefix: keras.Model) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in list(prefix.inputs) + list(prefix.outputs):
+        h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+    for layer in prefix.layers:
+        h.update(f"{layer.__class__.__name__}:{layer.name}".encode())
+        for w in layer.weights:
+            h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return h.hexdigest()
+
+
 def _onnx_session(prefix: keras.Model, sample: np.ndarray):
+    import onnxruntime as ort
+
+    key = _fingerprint(prefix)
+    if key not in _EXPORTS:
+        _EXPORTS.clear()  # one model at a time is enough; they are megabytes
+        _EXPORTS[key] = _export_onnx(prefix, sample)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    return ort.InferenceSession(_EXPORTS[key], opts, providers=["CPUExecutionProvider"])
+
+
+def _export_onnx(prefix: keras.Model, sample: np.ndarray) -> bytes:
     import logging
     import warnings
-
-    import onnxruntime as ort
 
     from ..runtimes import quiet_native
 
@@ -98,10 +127,8 @@ def _onnx_session(prefix: keras.Model, sample: np.ndarray):
         finally:
             for n, level in levels.items():
                 logging.getLogger(n).setLevel(level)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = os.cpu_count() or 1
-        return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        with open(path, "rb") as fh:
+            return fh.read()
 
 
 def with_trainable(model, flags_fn):
@@ -132,30 +159,39 @@ class Features:
 class Accelerator:
     """Owns the split, the prefix runner and the feature caches of one training run."""
 
-    def __init__(self, split: Split, runner: PrefixRunner, batch_size: int, seed: int, cache_budget_mb: float):
-        self.split, self.runner = split, runner
+    def __init__(self, split: Split, batch_size: int, seed: int, cache_budget_mb: float):
+        self.split = split
+        self.runner: PrefixRunner | None = None  # set by start()
         self.batch_size, self.seed = batch_size, seed
         self.cache_budget = cache_budget_mb * 2**20
+        self.output_shapes = [tuple(t.shape[1:]) for t in split.prefix.outputs]
         self._val: dict[int, list] = {}  # validation batch index -> prefix outputs
         self._train: Features | None = None
         self.timings: dict[str, float] = {}
 
     @classmethod
-    def build(cls, model, freeze_finetune, sample: np.ndarray, *, batch_size: int, seed: int,
-              cache_budget_mb: float, runtime: str = "onnx") -> "Accelerator | None":
-        """Split `model` as fine-tuning freezes it (its current flags are restored); None if nothing to gain."""
+    def prepare(cls, model, freeze_finetune, *, batch_size: int, seed: int, cache_budget_mb: float) -> "Accelerator | None":
+        """Split `model` as fine-tuning freezes it (its current flags are restored); None if nothing is
+        frozen at the front. Cheap: no data, no export yet (see `start`)."""
         restore = with_trainable(model, freeze_finetune)
         try:
             split = split_model(model)
         finally:
             restore()
-        if not split.useful:
-            return None
+        return cls(split, batch_size, seed, cache_budget_mb) if split.useful else None
+
+    def start(self, sample: np.ndarray, runtime: str = "onnx") -> "Accelerator":
+        """Pick the prefix's runtime with a parity check on `sample` (a real batch, scaled)."""
         t0 = time.monotonic()
-        runner = PrefixRunner(split.prefix, sample, runtime=runtime)
-        acc = cls(split, runner, batch_size, seed, cache_budget_mb)
-        acc.timings["prefix_setup"] = time.monotonic() - t0
-        return acc
+        self.runner = PrefixRunner(self.split.prefix, sample, runtime=runtime)
+        self.timings["prefix_setup"] = time.monotonic() - t0
+        return self
+
+    @classmethod
+    def build(cls, model, freeze_finetune, sample: np.ndarray, *, batch_size: int, seed: int,
+              cache_budget_mb: float, runtime: str = "onnx") -> "Accelerator | None":
+        acc = cls.prepare(model, freeze_finetune, batch_size=batch_size, seed=seed, cache_budget_mb=cache_budget_mb)
+        return acc.start(sample, runtime=runtime) if acc is not None else None
 
     @property
     def tail(self) -> keras.Model:
@@ -176,43 +212,55 @@ class Accelerator:
             ys.append(np.asarray(y))
         return Features(tuple(np.concatenate(s) for s in xs), np.concatenate(ys))
 
-    def _fits(self, n_images: int) -> bool:
-        per_image = sum(int(np.prod(s)) * 4 for s in self.runner.output_shapes)
+    def fits(self, n_images: int) -> bool:
+        """Whether the prefix outputs of n images fit the cache budget."""
+        per_image = sum(int(np.prod(s)) * 4 for s in self.output_shapes)
         return n_images * per_image <= self.cache_budget
 
     def validation(self, images_ds, n_images: int):
-        """The validation split as prefix outputs. The first pass runs the prefix and keeps its
-        outputs batch by batch (when they fit the budget); every later pass, in any phase, reads
-        them back. The split is in file order, so batch i is always the same images."""
-        if not self._fits(n_images):
+        """The validation split as prefix outputs. The first pass reads the images and runs the
+        prefix, keeping outputs and labels batch by batch (when they fit the budget); every later
+        pass, in any phase, serves them from memory without touching the images at all."""
+        batches = int(images_ds.cardinality())
+        if not self.fits(n_images) or batches < 0:
             return self._streamed(images_ds)
-        runner, shapes, cache = self.runner, self.runner.output_shapes, self._val
+        runner, shapes, cache = self.runner, self.output_shapes, self._val
+        label_spec = images_ds.element_spec[1]
+        source = {"it": None, "next": 0}
 
-        def features(i, x):
+        def batch(i):
             i = int(i)
             if i not in cache:
-                cache[i] = runner(x)
+                if source["it"] is None or source["next"] != i:  # a fresh pass over the images
+                    source["it"], source["next"] = iter(images_ds), 0
+                while source["next"] <= i:
+                    x, y = next(source["it"])
+                    if source["next"] not in cache:
+                        cache[source["next"]] = [*runner(x.numpy()), y.numpy()]
+                    source["next"] += 1
             return cache[i]
 
-        def through(i, batch):
-            x, y = batch
-            outs = tf.numpy_function(features, [i, x], [tf.float32] * len(shapes), stateful=True)
-            for t, s in zip(outs, shapes):
-                t.set_shape((None,) + s)
-            return self._pack(outs), y
+        def lookup(i):
+            outs = tf.numpy_function(batch, [i], [tf.float32] * len(shapes) + [label_spec.dtype], stateful=True)
+            for t, shape in zip(outs, shapes):
+                t.set_shape((None,) + shape)
+            outs[-1].set_shape(label_spec.shape)
+            return self._pack(outs[:-1]), outs[-1]
 
-        return images_ds.enumerate().map(through, num_parallel_calls=1, deterministic=True).prefetch(2)
+        return tf.data.Dataset.range(batches).map(lookup, num_parallel_calls=1, deterministic=True).prefetch(2)
 
-    def training(self, images_ds, n_images: int, augmenting: bool, ordered_ds=None):
-        """Training batches of prefix outputs: cached and reshuffled each epoch when the images never
-        change (no augmentation), else streamed through the prefix every epoch."""
-        if augmenting or ordered_ds is None or not self._fits(n_images):
-            return self._streamed(images_ds)
+    def cached_training(self, ordered_ds):
+        """Training batches from prefix outputs computed once (the images never change: no
+        augmentation), reshuffled every epoch. `ordered_ds` is the split in a fixed order."""
         if self._train is None:
             t0 = time.monotonic()
             self._train = self.compute(ordered_ds)
             self.timings["train_prefix"] = time.monotonic() - t0
         return self._from_arrays(self._train, shuffle=True)
+
+    def streamed(self, images_ds):
+        """Training batches pushed through the prefix every epoch (augmented images change)."""
+        return self._streamed(images_ds)
 
     def _pack(self, outs):
         return outs[0] if len(outs) == 1 else tuple(outs)
