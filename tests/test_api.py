@@ -157,3 +157,30 @@ def test_show_images_takes_turns_between_classes(tmp_path):
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [p.name for p in paths]
     fig = retreino.show_images(paths[0])
     assert [ax.get_title() for ax in fig.axes] == [paths[0].name]
+
+
+# The public functions (and result classes) whose own docstring examples must run as written.
+WITH_EXAMPLES = ("load_model", "save_model", "load_dataset", "train", "plot_learning_curves", "evaluate",
+                 "predict", "predict_folder", "show_predictions", "show_images", "Prediction", "EvaluationResult")
+
+
+def test_every_public_function_has_an_example_that_runs(tour, tmp_path):
+    """Each docstring example runs under doctest, with the tour's paths and its finished run as RUN."""
+    _, _, tour_globs = tour
+    names = {name: getattr(retreino, name) for name in (*retreino._LAZY, "show_images")}
+    base = {**names, "retreino": retreino, "MODEL": tour_globs["MODEL"], "DATA": tour_globs["DATA"],
+            "IMAGE": tour_globs["IMAGE"], "RUN": tour_globs["run"].dir}
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report = io.StringIO()
+    for name in WITH_EXAMPLES:
+        doc = inspect.getdoc(getattr(retreino, name))
+        assert "+SKIP" not in doc, f"retreino.{name} has an example that is skipped"
+        runs = tmp_path / name
+        runs.mkdir()
+        test = parser.get_doctest(doc, {**base, "RUNS": runs}, f"retreino.{name}", None, 0)
+        assert test.examples, f"retreino.{name} has no example in its docstring"
+        runner.run(test, out=report.write)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0, report.getvalue()
+    assert results.attempted >= 2 * len(WITH_EXAMPLES)

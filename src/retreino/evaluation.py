@@ -78,9 +78,10 @@ def format_classification_report(y_true, probs, class_names) -> str:
 class EvaluationResult:
     """What `evaluate` measured, with the per-image predictions behind it.
 
-    >>> r = evaluate("runs/cats/fine_tuned_model.keras", "data/test")  # doctest: +SKIP
-    >>> r.metrics["accuracy"], print(r.classification_report)          # doctest: +SKIP
-    >>> r.plot_confusion_matrix()                                      # doctest: +SKIP
+    >>> r = evaluate(RUN / "fine_tuned_model.keras", DATA / "test")
+    >>> 0.0 <= r.metrics["accuracy"] <= 1.0, "precision" in r.classification_report
+    (True, True)
+    >>> fig = r.plot_confusion_matrix()
     """
 
     metrics: dict[str, Any]
@@ -330,9 +331,12 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
 
     `names` maps dataset class names to the model's ("cats=Gato,dogs=Cachorro") when they differ.
 
-    >>> r = evaluate(run="runs/cats")                      # doctest: +SKIP
-    >>> print(r.classification_report)                     # doctest: +SKIP
-    >>> evaluate("model.keras", "photos/", out="eval/")    # doctest: +SKIP
+    >>> r = evaluate(run=RUN)                               # the run's best model on its test split
+    >>> r.metrics["n"], sorted(r.metrics["per_class"])
+    (8, ['cats', 'dogs'])
+    >>> r = evaluate(RUN / "fine_tuned_model.keras", DATA / "test", out=RUNS / "eval")
+    >>> sorted(p.name for p in (RUNS / "eval").glob("*.png"))
+    ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png']
     """
     from .prediction import as_loaded, iter_decoded_batches, as_predictor
 

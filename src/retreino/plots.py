@@ -112,8 +112,8 @@ def plot_learning_curves(history: Sequence[Mapping[str, Any]] | str | os.PathLik
     accuracy, val_loss, val_accuracy, lr, seconds). Returns `out_path` when given (the PNG is
     written there), else the Figure.
 
-    >>> plot_learning_curves("runs/cats/history.csv", "runs/cats/learning_curves.png")  # doctest: +SKIP
-    PosixPath('runs/cats/learning_curves.png')
+    >>> plot_learning_curves(RUN / "history.csv", RUNS / "curves.png").name
+    'curves.png'
     """
     rows = read_history(history)
     fig = learning_curves_figure(rows)

@@ -36,9 +36,9 @@ def load_model(
     retreino run directory, or a backbone name such as "mobilenet_v2" (ImageNet weights from the
     Keras cache, `weights=PATH`, or a download).
 
-    >>> m = load_model("../shared/models/teachable_machine/water_bottles")  # doctest: +SKIP
-    >>> m.class_names, m.info.value_range                                    # doctest: +SKIP
-    (['5 Galoon', '500ML'], '[-1, 1] (x / 127.5 - 1)')
+    >>> m = load_model(MODEL)           # e.g. "../shared/models/teachable_machine/water_bottles"
+    >>> m.class_names, m.info.value_range, m.info.head
+    (['5 Galoon', '500ML'], '[-1, 1] (x / 127.5 - 1)', 'softmax')
     """
     path = Path(source)
     if not path.exists():

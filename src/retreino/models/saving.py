@@ -20,7 +20,12 @@ META_ATTR = "retreino"
 
 
 def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True) -> Path:
-    """Save as `.keras` or `.h5` (by suffix), atomically, metadata included."""
+    """Save as `.keras` or `.h5` (by suffix), atomically, metadata included.
+
+    >>> path = save_model(load_model(MODEL), RUNS / "copy.keras")
+    >>> load_model(path).class_names, (RUNS / "labels.txt").read_text().splitlines()
+    (['5 Galoon', '500ML'], ['0 5 Galoon', '1 500ML'])
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
