@@ -10,7 +10,8 @@ block_16_project, Conv_1 and the head; BatchNorm frozen) and batch size 32:
 (c) the bare Keras 3 forward + backward step on preloaded tensors, oneDNN on.
 
 Throughput is training images per second in a steady fine-tuning epoch (the epoch's training part,
-validation excluded), the best of two timed epochs after an untimed one for each of (a), (b), (c).
+validation excluded), the best of three timed epochs after an untimed one, each of (a), (b), (c) in a
+process of its own.
 `--full` adds the whole 10-epoch comparison: the notebook's recipe literally (its 2-unit head, `model.layers[-5:]` unfrozen, rescale 1/255, Adam 1e-5, EarlyStopping,
 ReduceLROnPlateau, best checkpoint) against `retreino train` with its defaults; wall time and test
 accuracy of each.
@@ -60,7 +61,7 @@ def _keras2_leaves(model):
     return out
 
 
-def _time_epoch(fit_one_epoch, images: int, repeats: int = 2) -> float:
+def _time_epoch(fit_one_epoch, images: int, repeats: int = 3) -> float:
     """images/s of the fastest of `repeats` timed calls, after one untimed call (tracing). The best
     of several, as timeit does: on a shared machine the slower ones measure the neighbours."""
     fit_one_epoch()
@@ -196,6 +197,35 @@ def test_accuracy(run) -> float:
     return float(np.mean(pred == np.array(labels)))
 
 
+def _part(name: str, args) -> dict:
+    """Run one measurement in a fresh process: threads, caches and memory of the others stay out of it."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--part", name, "--steps", str(args.steps), "--bare-images", str(args.bare_images)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench part {name} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_part(name: str, args) -> None:
+    import json
+
+    if name == "a":
+        result = {"ips": notebook_throughput(args.steps)}
+    elif name == "c":
+        result = {"ips": bare_keras_throughput(args.bare_images)}
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="retreino-bench-train-"))
+        try:
+            run, timer, wall = retreino_train(DATA, tmp, "b", epochs=4, warmup_epochs=0)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result = {"ips": 1400 / min(timer.train_s[1:]), "val_s": timer.val_s}  # epoch 1 traces, untimed
+    print(json.dumps(result))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="batches per timed epoch for (a) (default 20)")
@@ -203,21 +233,25 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="also the 10-epoch runs: wall time and test accuracy")
     ap.add_argument("--only-full", action="store_true", help="only the 10-epoch runs")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--part", choices=("a", "b", "c"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.part:
+        _run_part(args.part, args)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="retreino-bench-train-"))
     print(f"data {DATA} (train 1400, validation 300, test 300), model {MODEL.name}, batch {BATCH}, last {UNFREEZE} layers; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}")
     try:
         if not args.only_full:
-            a = notebook_throughput(args.steps)
+            a = _part("a", args)["ips"]
             print(f"(a) notebook: Keras 2 ImageDataGenerator + fit    {a:7.1f} images/s", flush=True)
-            c = bare_keras_throughput(args.bare_images)
+            c = _part("c", args)["ips"]
             print(f"(c) bare Keras 3 step on preloaded tensors         {c:7.1f} images/s", flush=True)
-            run, timer, wall = retreino_train(DATA, tmp, "b", epochs=3, warmup_epochs=0)
-            b = 1400 / min(timer.train_s[1:])  # epoch 1 traces, as the untimed call of (a) and (c)
+            rb = _part("b", args)
+            b = rb["ips"]
             print(f"(b) retreino train (default, augmentation on)      {b:7.1f} images/s", flush=True)
             print(f"ratios: b/a = {b / a:.1f}x   b/c = {b / c:.1f}x")
-            v = timer.val_s
+            v = rb["val_s"]
             print(f"validation pass (300 images): epoch 1 {v[0]:.2f}s, later epochs at most {max(v[1:]):.2f}s "
                   f"({100 * max(v[1:]) / v[0]:.0f}% of epoch 1)", flush=True)
         if args.full or args.only_full:
