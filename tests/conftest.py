@@ -25,6 +25,23 @@ def pytest_configure(config):
         raise pytest.UsageError(f"the shared data folder is missing: {SHARED} (see README)")
 
 
+def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Path:
+    """root/<split>/{cats,dogs}/ holding the first n photos of each class of each split of cats_vs_dogs.
+
+    Links by default (cheap); `copy=True` for tests that alter or move the files.
+    """
+    for split, n in per_split.items():
+        for cls in ("cats", "dogs"):
+            dst = root / split / cls
+            dst.mkdir(parents=True)
+            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
+                if copy:
+                    shutil.copy(f, dst / f.name)
+                else:
+                    os.symlink(f, dst / f.name)
+    return root
+
+
 def real_images(split: str = "test", cls: str = "cats", n: int = 8) -> list[Path]:
     return sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]
 
@@ -40,14 +57,7 @@ def water_bottles():
 @pytest.fixture(scope="session")
 def cats_dogs_subset(tmp_path_factory) -> Path:
     """A small notebook-layout copy of cats_vs_dogs: train 50+50, validation 20+20, test 20+20."""
-    root = tmp_path_factory.mktemp("cats_dogs_subset")
-    for split, n in (("train", 50), ("validation", 20), ("test", 20)):
-        for cls in ("cats", "dogs"):
-            dst = root / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
-                shutil.copy(f, dst / f.name)
-    return root
+    return cats_vs_dogs_subset(tmp_path_factory.mktemp("cats_dogs_subset"), copy=True, train=50, validation=20, test=20)
 
 
 def held_out_images(n: int = 50) -> list[Path]:

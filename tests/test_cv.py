@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CATS_VS_DOGS, WATER_BOTTLES
+from conftest import WATER_BOTTLES, cats_vs_dogs_subset
 from retreino.cli import main
 
 MODEL = str(WATER_BOTTLES)
 
 
 def _pool(root: Path, per_split: dict[str, int]) -> Path:
-    for split, n in per_split.items():
-        for cls in ("cats", "dogs"):
-            dst = root / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
-                os.symlink(f, dst / f.name)
-    return root
+    return cats_vs_dogs_subset(root, **per_split)
 
 
 def _cli(*argv: str) -> tuple[int, str]:

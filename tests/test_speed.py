@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, real_images
+from conftest import ROOT, WATER_BOTTLES, cats_vs_dogs_subset, real_images
 from retreino import load_model
 from retreino.cli import main
 from retreino.data import decode_all
@@ -146,13 +146,7 @@ def test_onednn_on_agrees_with_onednn_off(tmp_path):
 
 
 def _subset(root, n_train, n_val):
-    for split, n in (("train", n_train), ("validation", n_val)):
-        for cls in ("cats", "dogs"):
-            dst = root / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
-                os.symlink(f, dst / f.name)
-    return root
+    return cats_vs_dogs_subset(root, train=n_train, validation=n_val)
 
 
 MIRRORED_SCRIPT = textwrap.dedent("""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES
+from conftest import ROOT, WATER_BOTTLES, cats_vs_dogs_subset
 from retreino import load_model
 from retreino.cli import main
 from retreino.models.graph import flatten_layers
@@ -61,13 +60,7 @@ def test_loss_follows_head(head, units, loss):
 
 
 def _subset(root: Path, n_train: int, n_val: int) -> Path:
-    for split, n in (("train", n_train), ("validation", n_val)):
-        for cls in ("cats", "dogs"):
-            dst = root / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
-                os.symlink(f, dst / f.name)
-    return root
+    return cats_vs_dogs_subset(root, train=n_train, validation=n_val)
 
 
 @pytest.fixture(scope="module")

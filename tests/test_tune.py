@@ -6,12 +6,11 @@ import contextlib
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import CATS_VS_DOGS, WATER_BOTTLES
+from conftest import WATER_BOTTLES, cats_vs_dogs_subset
 from retreino.cli import main
 from retreino.config import AugmentConfig, TrainConfig
 
@@ -20,13 +19,7 @@ MODEL = str(WATER_BOTTLES)
 
 def _data(root: Path) -> Path:
     """6 + 6 training, 4 + 4 validation and 2 + 2 test photos (links to the shared data)."""
-    for split, n in (("train", 6), ("validation", 4), ("test", 2)):
-        for cls in ("cats", "dogs"):
-            dst = root / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted((CATS_VS_DOGS / split / cls).glob("*.jpg"))[:n]:
-                os.symlink(f, dst / f.name)
-    return root
+    return cats_vs_dogs_subset(root, train=6, validation=4, test=2)
 
 
 def _cli(*argv: str) -> tuple[int, str]:
