@@ -114,8 +114,10 @@ class RunRecorder(keras.callbacks.Callback):
         runs.write_state(self.run_dir, self.state)
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose counters survive a restart (Keras resets them in on_train_begin)."""
+class _Resumable:
+    """Counters that survive a restart: Keras resets them in on_train_begin, so restore them after it."""
+
+    COUNTERS: tuple[str, ...] = ("wait",)
 
     def __init__(self, saved: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -124,33 +126,24 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         if self.saved:
-            self.wait = int(self.saved.get("wait", 0))
+            for name in self.COUNTERS:
+                setattr(self, name, int(self.saved.get(name, 0)))
             if self.saved.get("best") is not None:
                 self.best = float(self.saved["best"])
 
     def snapshot(self) -> dict:
         best = self.best if self.best is not None and math.isfinite(float(self.best)) else None
-        return {"wait": int(self.wait), "best": best}
+        return {**{name: int(getattr(self, name)) for name in self.COUNTERS}, "best": best}
 
 
-class ResumableReduceLR(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau whose counters survive a restart."""
+class ResumableEarlyStopping(_Resumable, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose patience counter survives a restart."""
 
-    def __init__(self, saved: dict | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.saved = saved or {}
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.saved:
-            self.wait = int(self.saved.get("wait", 0))
-            self.cooldown_counter = int(self.saved.get("cooldown_counter", 0))
-            if self.saved.get("best") is not None:
-                self.best = float(self.saved["best"])
+class ResumableReduceLR(_Resumable, keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau whose patience and cooldown counters survive a restart."""
 
-    def snapshot(self) -> dict:
-        best = self.best if math.isfinite(float(self.best)) else None
-        return {"wait": int(self.wait), "cooldown_counter": int(self.cooldown_counter), "best": best}
+    COUNTERS = ("wait", "cooldown_counter")
 
 
 class SnapshotCallbacks(keras.callbacks.Callback):
