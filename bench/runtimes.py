@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -77,14 +76,9 @@ def main() -> int:
 
 
 def _latency(rt, x1, runs: int) -> float:
-    for _ in range(5):
-        rt(x1)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        rt(x1)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
+    from retreino.export import median_latency_ms
+
+    return median_latency_ms(rt, x1, runs, warmup=5)
 
 
 def _throughput(rt, x, batches: int) -> float:

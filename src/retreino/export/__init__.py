@@ -359,18 +359,23 @@ def _parity(fmt: str, reference: np.ndarray, got: np.ndarray, image_kind: str) -
     }
 
 
+def median_latency_ms(fn, x, runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of `fn(x)` in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1000
+
+
 def _latency_ms(runtime, info: ModelInfo, runs: int = 20) -> float:
     """Median batch-1 latency after warm-up, in milliseconds."""
     h, w = info.input_size
     x = scale_pixels_np(np.full((1, h, w, 3), 128, np.uint8), info.preprocessing)
-    for _ in range(3):
-        runtime(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        runtime(x)
-        times.append(time.perf_counter() - t)
-    return round(float(np.median(times)) * 1000, 3)
+    return round(median_latency_ms(runtime, x, runs), 3)
 
 
 # --------------------------------------------------------------------------- images
