@@ -257,3 +257,42 @@ def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
     trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
     trainer.setup(fresh=False)
     return fit_after_training(trainer, **kw)
+
+
+# --------------------------------------------------------------------------- evaluate --ood
+
+
+def measure_ood(predictor, folder, in_scores, in_probs, in_labels, batch_size: int = 32, workers=None) -> dict:
+    """AUROC, share of `folder` answered unknown, share of the test images rejected, accuracy kept; per score."""
+    from sklearn.metrics import roc_auc_score
+
+    from .prediction import find_images, iter_decoded_batches
+
+    det = predictor.unknown
+    if det is None:
+        raise RetreinoError("--ood: this model has no unknown detector (train it with this version of retreino)")
+    paths = find_images(folder)
+    out_scores, out_probs = [], []
+    for _, pixels, ok, _ in iter_decoded_batches(paths, predictor.info.input_size, predictor.resize_mode, batch_size,
+                                                 workers):
+        if ok:
+            full = predictor.predict_pixels_full(pixels)
+            out_scores.append(full["unknown_score"])
+            out_probs.append(full["probabilities"])
+    s_out, p_out = np.concatenate(out_scores), np.concatenate(out_probs)
+    in_probs, in_labels = np.asarray(in_probs), np.asarray(in_labels)
+    truth = np.r_[np.ones(len(in_scores)), np.zeros(len(s_out))]
+    right = in_probs.argmax(axis=1) == in_labels
+
+    def row(s_in, s_o, thr):
+        kept = s_in >= thr
+        return {"auroc": float(roc_auc_score(truth, np.r_[s_in, s_o])), "threshold": float(thr),
+                "ood_rejected": float(np.mean(s_o < thr)), "in_rejected": float(np.mean(~kept)),
+                "accuracy_kept": float(np.mean(right[kept])) if kept.any() else None}
+
+    methods = {det.method: row(np.asarray(in_scores), s_out, det.threshold)}
+    # The baseline, thresholded to accept the same share of the in-distribution images.
+    msp_in, msp_out = msp_score(in_probs), msp_score(p_out)
+    methods["msp (baseline)"] = row(msp_in, msp_out, float(np.quantile(msp_in, 1.0 - det.accept)))
+    return {"folder": str(folder), "n_ood": int(len(s_out)), "n_in": int(len(in_scores)), "method": det.method,
+            "accept": det.accept, "methods": methods}

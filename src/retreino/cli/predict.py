@@ -30,6 +30,8 @@ def register(sub) -> None:
                         "else keras), keras, onnx, tflite, tflite-int8, savedmodel")
     p.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"), help="how images are fitted to the input")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
+    p.add_argument("--unknown", default="on", choices=("on", "off"),
+                   help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -55,7 +57,7 @@ def run(args) -> int:
     display = parse_names(args.names, predictor.class_names)
 
     if _single(args.inputs) and not args.out and not args.grid:
-        p = predict(predictor, files[0], top_k=args.top_k, names=display)
+        p = predict(predictor, files[0], top_k=args.top_k, names=display, unknown=args.unknown == "on")
         print(json.dumps(p.to_dict(), indent=2) if args.json else p)
         return 0
 
@@ -65,7 +67,8 @@ def run(args) -> int:
     ok = False
     try:
         for i, row in enumerate(iter_predict_folder(predictor, None, args.batch_size, args.top_k, display,
-                                                    resize_mode=args.resize, workers=args.workers, paths=files)):
+                                                    resize_mode=args.resize, workers=args.workers, paths=files,
+                                                    unknown=args.unknown == "on")):
             if writer:
                 writer.write(row)
             elif args.json:
@@ -120,4 +123,6 @@ def _print_row(row, top_k: int) -> None:
         print(f"{row['path']}\terror: {row['error']}", flush=True)
         return
     top = "  ".join(f"{n} {p * 100:.1f}%" for n, p in row["top"][:top_k])
+    if row.get("unknown"):
+        top = f"unknown (score {row['unknown_score']:.4g}; it would have said {row['would_say']})  " + top
     print(f"{row['path']}\t{top}", flush=True)
