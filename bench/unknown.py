@@ -13,9 +13,9 @@ from sklearn.metrics import roc_auc_score
 from retreino import ood
 from retreino.calibration import apply_temperature, expected_calibration_error
 from retreino.evaluation import labelled_images
+from retreino.inference import Predictor
 from retreino.models import load_model
 from retreino.prediction import find_images
-from retreino.inference import Predictor
 
 run, ood_dir = Path(sys.argv[1]), sys.argv[2]
 if not load_model(run / "fine_tuned_model.keras").info.unknown:

@@ -182,7 +182,9 @@ def with_features(model):
         raise RetreinoError(f"the model's last layer is {type(head).__name__}, not a Dense head: no pooled features")
     features = head.input
     out = keras.layers.Concatenate(axis=-1, name="retreino_head_and_features")([model.outputs[0], features])
-    return keras.Model(model.inputs, out, name=f"{model.name}_with_features")
+    both = keras.Model(model.inputs, out, name=f"{model.name}_with_features")
+    both(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters want a model that has been called
+    return both
 
 
 # --------------------------------------------------------------------------- end of training
