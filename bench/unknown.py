@@ -37,7 +37,7 @@ def outputs(paths):
 
 
 names = pred.class_names
-y = np.array([names.index(label) for label in test.labels])
+y = np.array([names.index(test.class_names[int(label)]) for label in test.labels])
 p_in, f_in = outputs(test.paths)
 p_out, f_out = outputs(find_images(ood_dir))
 T = pred.info.temperature
