@@ -112,7 +112,7 @@ def _export_onnx(prefix: keras.Model, sample: np.ndarray) -> bytes:
     import logging
     import warnings
 
-    from ..runtimes import quiet_native
+    from ..inference.runtimes import quiet_native
 
     prefix(sample)  # Keras exports only models that have been called
     with tempfile.TemporaryDirectory(prefix="retreino-prefix-") as tmp:
