@@ -160,11 +160,19 @@ def load_cached(model, **load_kwargs) -> LoadedModel:
         return model
     if isinstance(model, Predictor):
         return model.loaded
-    from ..models import load_model
-
     load_kwargs = {k: v for k, v in load_kwargs.items() if v not in (None, False)}
     if not Path(model).exists():
-        return load_model(model, **load_kwargs)  # a backbone name, or a clear "no such file"
+        from ..models.backbones import BACKBONES
+
+        if str(model).lower().replace("-", "_") not in BACKBONES:  # a typo: say so before importing TensorFlow
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(f"no such model file or folder: {model} "
+                                 f"(or a backbone name: {', '.join(sorted(BACKBONES))})")
+    from ..models import load_model  # imports Keras: only once the path is known to be worth it
+
+    if not Path(model).exists():
+        return load_model(model, **load_kwargs)  # a backbone name
     key = (cache.path_key(model), tuple(sorted((k, str(v)) for k, v in load_kwargs.items())))
     return cache.MODELS.get_or_make(key, lambda: load_model(model, **load_kwargs))
 
