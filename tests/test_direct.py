@@ -145,3 +145,39 @@ def test_serve_on_an_export_imports_no_tensorflow(fmt, retrained_exports, keras_
         proc.send_signal(signal.SIGINT)  # Ctrl+C: uvicorn shuts down, the launcher reports its modules
         proc.wait(30)
     assert heavy_modules(log_path.read_text()) == [], log_path.read_text()
+
+
+def test_serve_page_shows_full_class_names_that_share_a_prefix(retrained_exports, tmp_path):
+    """Cat breeds sharing "American " must read in full on the page, never cut to `American Wir…`."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+    from test_serve import start_server
+    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
+
+    names = ["American Wirehair (long-haired variety)", "American Shorthair (short-haired variety)"]
+    export = tmp_path / "breeds-onnx"
+    shutil.copytree(retrained_exports["onnx"].folder, export)
+    meta = json.loads((export / "retreino.json").read_text())
+    meta["class_names"] = names
+    (export / "retreino.json").write_text(json.dumps(meta))
+    (export / "labels.txt").write_text("".join(f"{i} {n}\n" for i, n in enumerate(names)))
+    server = start_server(str(export), "--quiet")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(server.url + "/")
+                page.set_input_files("#file-input", str(real_images("test", "cats", 1)[0]))
+                card = page.locator(".card.done").first
+                card.wait_for(timeout=60_000)
+                bars = card.locator(".bar .name")
+                assert sorted(bars.all_inner_texts()) == sorted(names)
+                # Nothing clipped: each name's box holds all of its text.
+                clipped = bars.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1).length")
+                assert clipped == 0
+            finally:
+                browser.close()
+    finally:
+        server.stop()

@@ -68,3 +68,17 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+# The command that continues the work now in progress, for the CLI's "interrupted" line.
+_resume_command: str | None = None
+
+
+def set_resume_command(command: str | None) -> None:
+    """Remember how to continue what is running (training: `retreino train --resume RUN_DIR`)."""
+    global _resume_command
+    _resume_command = command
+
+
+def resume_command() -> str | None:
+    return _resume_command
