@@ -31,7 +31,7 @@ from .callbacks import (  # noqa: E402
 )
 from .config import TrainConfig  # noqa: E402
 from .console import info as say  # noqa: E402
-from .console import set_resume_command, table  # noqa: E402
+from .console import set_resume_command, status, table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
@@ -177,6 +177,7 @@ class _Trainer:
                 return train_ds, val_ds, None
             cache_train = not augmenting and acc.fits(len(self.dataset.train))
             train_ds, val_ds = self.pipelines(ordered_train=cache_train)
+            status("Speed: converting the frozen front of the network and caching its outputs ...")
             acc.start(next(iter(val_ds))[0].numpy())
             self.printer(acc.describe())
             train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)

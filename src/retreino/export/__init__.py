@@ -110,14 +110,21 @@ def export_models(
     parity_paths, calibration_paths = _split_images(paths, parity_images, calibration_images, seed)
     if calibration_given:
         calibration_paths = _split_images(calibration_given, 0, calibration_images, seed)[1]
+    from ..console import status
+
+    if parity_paths:
+        status(f"decoding {len(parity_paths)} parity images ...")
     pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
+    status(f"reference probabilities from Keras on {len(pixels)} images ...")
     keras_predictor = _keras_predictor(loaded)
     reference = _probs(keras_predictor, pixels)
     keras_latency = _latency_ms(keras_predictor.backend, loaded.info) if measure else None
 
     results = []
     with _Workspace(loaded) as ws:
-        for fmt in formats:
+        for i, fmt in enumerate(formats, 1):
+            status(f"exporting to {fmt} ({i}/{len(formats)}), then checking it against Keras "
+                   f"on {len(pixels)} images ...")
             results.append(
                 _export_one(
                     loaded, fmt, folders[fmt], ws,
