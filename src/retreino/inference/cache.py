@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable
 
 MODELS_MAX = 3
-PREDICTORS_MAX = 8
+PREDICTORS_MAX = 4  # each holds its model: cv folds must not pile up in memory
 
 
 class LRU:
