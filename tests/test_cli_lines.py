@@ -2,26 +2,29 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
-from conftest import WATER_BOTTLES, real_images
-
-# Ctrl+C one second into the command (parsing takes milliseconds; loading Keras takes longer).
-INTERRUPT_LAUNCHER = (
-    "import _thread, sys, threading\n"
-    "from retreino.cli import main\n"
-    "threading.Timer(1.0, _thread.interrupt_main).start()\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
+from conftest import CATS_VS_DOGS, WATER_BOTTLES, real_images
 
 
 def test_interrupted_prints_the_exact_command_to_run_again():
-    image = str(real_images("test", "cats", 1)[0])
-    args = ["predict", str(WATER_BOTTLES), image, "--runtime", "keras", "--top-k", "2"]
-    r = subprocess.run([sys.executable, "-c", INTERRUPT_LAUNCHER, *args], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 130, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    """A real Ctrl+C (SIGINT) while a folder is being predicted, once the first result is out."""
+    folder = str(CATS_VS_DOGS / "test")
+    args = ["predict", str(WATER_BOTTLES), folder, "--runtime", "keras", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "retreino", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = proc.stdout.readline()  # the model is loaded and predicting
+        assert first.startswith(folder), first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
     assert last == f"retreino predict: interrupted; run it again with: retreino {' '.join(args)}"
 
 
