@@ -46,11 +46,11 @@ class Predictor:
     array([[0.974, 0.026]], dtype=float32)
     """
 
-    def __init__(self, loaded, runtime: str = "auto", resize_mode: str = "stretch"):
+    def __init__(self, loaded, runtime: str = "auto", resize_mode: str = "stretch", unsafe: bool = False):
         from . import runtimes
 
         if isinstance(loaded, (str, os.PathLike)):
-            backend = _open_path(Path(loaded), runtime)
+            backend = _open_path(Path(loaded), runtime, unsafe)
             loaded = LoadedModel(getattr(backend, "model", None), backend.info)
         elif isinstance(runtime, runtimes.Runtime):
             backend = runtime
@@ -65,9 +65,12 @@ class Predictor:
         self.resize_mode = resize_mode
 
     @classmethod
-    def from_export(cls, path, resize_mode: str = "stretch") -> "Predictor":
-        """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed."""
-        return cls(path, runtime="export", resize_mode=resize_mode)
+    def from_export(cls, path, resize_mode: str = "stretch", unsafe: bool = False) -> "Predictor":
+        """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed.
+
+        A SavedModel is a program that can read and write files: it opens only with `unsafe=True`.
+        """
+        return cls(path, runtime="export", resize_mode=resize_mode, unsafe=unsafe)
 
     @property
     def class_names(self) -> list[str]:
@@ -114,10 +117,10 @@ def _open_checked(record, loaded: LoadedModel):
             f"the {record.format} export in {record.folder} names classes {record.info.class_names}, "
             f"the model {loaded.info.class_names}: re-export it"
         )
-    return runtimes.open_record(record)
+    return runtimes.open_record(record, unsafe=getattr(loaded, "unsafe", False))
 
 
-def _open_path(path: Path, runtime: str):
+def _open_path(path: Path, runtime: str, unsafe: bool = False):
     """A path given to Predictor: an export folder/file, or a model that `load_model` reads."""
     from . import runtimes
 
@@ -125,12 +128,12 @@ def _open_path(path: Path, runtime: str):
         raise RetreinoError(f"no such model or export: {path}")
     is_export = runtimes.is_export(path)
     if is_export and runtime in ("auto", "export"):
-        return runtimes.load_runtime(path)
+        return runtimes.load_runtime(path, unsafe=unsafe)
     if runtime == "export":
         raise RetreinoError(f"{path} is not a retreino export (no {runtimes.META_FILE} beside it)")
     from .models import load_model
 
-    return _pick(load_model(path), runtime)
+    return _pick(load_model(path, unsafe=unsafe), runtime)
 
 
 def _chunks(items: Sequence, n: int) -> Iterable[Sequence]:

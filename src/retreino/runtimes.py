@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import safety
 from .errors import RetreinoError
 from .models.info import ModelInfo, read_labels
 
@@ -315,6 +316,7 @@ def load_runtime(path: str | os.PathLike, *, unsafe: bool = False) -> Runtime:
 
 
 def open_record(record: ExportRecord, *, unsafe: bool = False) -> Runtime:
+    safety.check_export(record, unsafe=unsafe)
     kind = record.runtime
     if kind == "onnx":
         return OnnxRuntime(record.file, record.info)
@@ -375,6 +377,8 @@ def best_export(model_source, allowed: tuple[str, ...] = RUNTIMES) -> ExportReco
     best = None
     for record in find_exports(model_source):
         if not record.passed or record.runtime not in allowed or record.runtime == "keras":
+            continue
+        if not safety.may_choose_automatically(record):  # a record is evidence about speed, not safety
             continue
         latency, keras_latency = record.latency_ms, record.export.get("keras_latency_ms")
         if latency is None or (keras_latency is not None and latency >= keras_latency):
