@@ -221,7 +221,7 @@ def test_tflite_with_a_flex_file_writing_op_is_refused(tiny_model_dir, tmp_path)
     (folder / "model.tflite").write_bytes(converter.convert())
     with pytest.raises(UnsafeModelError) as err:
         Predictor(load_model(run))
-    _one_line(err.value, "model.tflite", "custom operator 'FlexWriteFile'")
+    _one_line(err.value, "model.tflite", "custom operator(s)", "'FlexWriteFile'")
     assert not marker.exists()
 
 

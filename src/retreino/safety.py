@@ -123,13 +123,14 @@ def check_tflite(path: str | os.PathLike) -> None:
         ops = [(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), c.CustomCode()) for c in codes]
     except Exception as exc:  # a flatbuffer that points outside itself
         raise ModelLoadError(f"{path} is a corrupt TFLite model ({type(exc).__name__})") from exc
-    for builtin, custom in ops:
-        if builtin == schema.BuiltinOperator.CUSTOM or custom:
-            name = custom.decode("utf-8", "replace") if isinstance(custom, bytes) else str(custom)
-            raise UnsafeModelError(
-                f"{path}: refused: custom operator '{name}' is not a TFLite builtin (custom and Flex operators "
-                "may read or write files)"
-            )
+    custom = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c)
+              for b, c in ops if b == schema.BuiltinOperator.CUSTOM or c]
+    if custom:
+        names = ", ".join(f"'{n}'" for n in dict.fromkeys(custom))
+        raise UnsafeModelError(
+            f"{path}: refused: custom operator(s) {names} are not TFLite builtins (custom and Flex operators "
+            "may read or write files)"
+        )
 
 
 # --------------------------------------------------------------------------- HDF5
