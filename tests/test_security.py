@@ -485,7 +485,7 @@ def test_keras_zip_bomb_is_refused_on_declared_sizes(tmp_path):
         zf.writestr("config.json", "{}")
         with zf.open("model.weights.h5", "w") as member:
             chunk = b"\0" * (1 << 20)
-            for _ in range(64):
+            for _ in range(16):  # 16 MiB of zeros: about 16 KB compressed
                 member.write(chunk)
     assert bomb.stat().st_size < 1 << 20
     with pytest.raises(ModelLoadError) as err:
@@ -542,3 +542,72 @@ def test_deep_folders_symlink_loops_and_fifos_in_a_dataset(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "8"
 
+
+
+def test_a_weight_declared_far_larger_than_the_file_is_refused_before_allocating(tmp_path):
+    """2.8 GB declared in a 2.4 MB file: refused, and the loading process stays small (measured in a subprocess)."""
+    import h5py
+
+    h5 = _tm_copy(tmp_path)
+    with h5py.File(h5, "a") as f:
+        name = _first_weight(f)
+        del f[name]
+        f.create_dataset(name, shape=(26_000, 26_000), dtype="float32")  # never written: the file stays small
+    assert h5.stat().st_size < 4 << 20
+    code = ("import resource, sys\nfrom retreino import load_model\ntry:\n    load_model(sys.argv[1])\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n"
+            "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(h5)], capture_output=True, text=True, timeout=300)
+    out = r.stdout.splitlines()
+    assert out[0].startswith("ModelLoadError") and "refused: its datasets declare 2,70" in out[0], r.stdout + r.stderr[-2000:]
+    rss_mb = int(out[-1].split()[1]) / 1024
+    print(f"\npeak RSS loading a 2.7 GB-declared weight: {rss_mb:.0f} MB")
+    assert rss_mb < 1500
+
+
+def test_nan_weights_are_refused_and_nan_outputs_never_shown(tiny_model_dir, tmp_path):
+    from retreino import load_model, save_model
+    from retreino.errors import RetreinoError
+    from retreino.inference import Predictor
+
+    loaded = load_model(tiny_model_dir)
+    p = Predictor(loaded, runtime="keras")
+    head = loaded.model.get_layer("head")
+    saved = head.kernel.numpy()
+    try:
+        head.kernel.assign(np.full_like(saved, np.nan))
+        with pytest.raises(RetreinoError) as err:
+            p.predict_pixels(np.zeros((1, 32, 32, 3), np.uint8))
+        _one_line(err.value, "NaN")
+        save_model(loaded, tmp_path / "nan.keras")
+    finally:
+        head.kernel.assign(saved)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(tmp_path / "nan.keras")
+    _one_line(err.value, "nan.keras", "NaN or infinite", "head")
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '"text"', '{"input_size": "big"}', '{"class_names": 3}',
+                                  '{"head": 7}'])
+def test_bad_embedded_or_export_metadata_is_one_line(meta, tiny_model_dir, tmp_path):
+    from retreino import load_model
+    from retreino.runtimes import read_export
+
+    with zipfile.ZipFile(tiny_model_dir / "fine_tuned_model.keras") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["retreino.json"] = meta.encode()
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(bad)
+    _one_line(err.value, "bad.keras", "retreino metadata")
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    _onnx_with_custom_op(folder / "model.onnx", domain="")
+    (folder / "retreino.json").write_text(meta)
+    with pytest.raises(ModelLoadError) as err:
+        read_export(folder)  # what runtime="auto" and --runtime NAME read
+    _one_line(err.value, "retreino.json", "retreino metadata")

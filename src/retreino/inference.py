@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import safety
 from .data.images import read_image
 from .errors import RetreinoError
 from .models.info import LoadedModel
@@ -82,7 +83,9 @@ class Predictor:
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 or float pixels in [0, 255], shape (N, H, W, 3) at the model's input size."""
         x = scale_pixels_np(pixels, self.info.preprocessing)
-        return probabilities(self.backend(x), self.info.head)
+        probs = probabilities(self.backend(x), self.info.head)
+        safety.check_finite_outputs(probs, self.info.source or "the model")  # never a `nan%`
+        return probs
 
     def load_pixels(self, source) -> np.ndarray:
         return read_image(source, self.info.input_size, self.resize_mode)

@@ -141,6 +141,7 @@ def check_h5(h5file, path: str | os.PathLike) -> None:
     import h5py
 
     found: list[str] = []
+    declared = [0]
 
     def visit(name, link):
         if found:
@@ -152,6 +153,7 @@ def check_h5(h5file, path: str | os.PathLike) -> None:
             return
         obj = h5file.get(name)
         if isinstance(obj, h5py.Dataset):
+            declared[0] += int(obj.size) * obj.dtype.itemsize if obj.shape is not None else 0
             if obj.is_virtual:
                 found.append(f"dataset '{name}' is a virtual dataset (its data lives in other files)")
             elif obj.external:
@@ -165,6 +167,66 @@ def check_h5(h5file, path: str | os.PathLike) -> None:
         raise ModelLoadError(f"{path} is truncated or corrupt: HDF5 cannot list it ({type(exc).__name__})") from exc
     if found:
         raise UnsafeModelError(f"{path}: refused: {found[0]}, which reads another file")
+    size = _h5_size(h5file)
+    if declared[0] > MAX_H5_EXPANSION * size + (16 << 20):
+        raise ModelLoadError(
+            f"{path}: refused: its datasets declare {declared[0]:,} bytes of weights in a {size:,}-byte file "
+            "(reading them would allocate that much memory)"
+        )
+
+
+# Weights compress little: a file declaring far more bytes than it holds is made to exhaust memory.
+MAX_H5_EXPANSION = 16
+
+
+def _h5_size(h5file) -> int:
+    try:
+        return int(h5file.id.get_filesize())
+    except Exception:  # a file-like object without a size: be lenient, the other checks still hold
+        return 1 << 40
+
+
+def check_finite_weights(model, path) -> None:
+    """Refuse NaN or infinite weights: every prediction would be `nan`, shown as `nan%`."""
+    import numpy as np
+
+    for var in model.weights:
+        value = np.asarray(var.numpy() if hasattr(var, "numpy") else var)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            name = getattr(var, "path", None) or var.name
+            raise ModelLoadError(f"{path}: {bad:,} weight value(s) of '{name}' "
+                                 "are NaN or infinite: the model is broken (re-train or re-export it)")
+
+
+def check_finite_outputs(probs, where: str = "the model") -> None:
+    """Refuse NaN/inf probabilities instead of printing `nan%`."""
+    import numpy as np
+
+    if not np.isfinite(probs).all():
+        from .errors import RetreinoError
+
+        raise RetreinoError(f"{where} gives NaN or infinite outputs for this input: its weights or export are broken")
+
+
+def check_metadata(meta, where) -> dict:
+    """A `retreino.json` (beside or inside a model file) must be an object with the right field types."""
+    if not isinstance(meta, dict):
+        raise ModelLoadError(f"{where}: retreino metadata is a JSON {type(meta).__name__}, not an object")
+    expect = {"format": str, "source": str, "preprocessing": str, "head": str, "backbone": (str, type(None)),
+              "keras_version": (str, type(None)), "export": dict, "notes": list}
+    for key, kinds in expect.items():
+        if key in meta and not isinstance(meta[key], kinds):
+            raise ModelLoadError(
+                f"{where}: retreino metadata field {key!r} has the wrong type ({type(meta[key]).__name__})")
+    size = meta.get("input_size", [224, 224])
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 8192 for s in size)):
+        raise ModelLoadError(f"{where}: retreino metadata input_size must be two sizes in pixels, not {str(size)[:40]}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ModelLoadError(f"{where}: retreino metadata class_names must be a list of names")
+    return meta
 
 
 def check_h5_bytes(data: bytes, path: str) -> None:

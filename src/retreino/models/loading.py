@@ -63,6 +63,7 @@ def load_model(
     if class_names:
         loaded.info.class_names = list(class_names)
     _check_classes(loaded)
+    safety.check_finite_weights(loaded.model, source)
     loaded.unsafe = unsafe
     return loaded
 
