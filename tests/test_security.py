@@ -117,6 +117,7 @@ def test_auto_never_opens_a_planted_savedmodel_and_naming_it_needs_unsafe(tiny_m
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_planted_savedmodel_in_one_line(tiny_model_dir, tmp_path):
     run = tmp_path / "model"
     shutil.copytree(tiny_model_dir, run)
@@ -611,3 +612,19 @@ def test_bad_embedded_or_export_metadata_is_one_line(meta, tiny_model_dir, tmp_p
     with pytest.raises(ModelLoadError) as err:
         read_export(folder)  # what runtime="auto" and --runtime NAME read
     _one_line(err.value, "retreino.json", "retreino metadata")
+
+
+# --------------------------------------------------------------------------- robustness: the server
+
+
+def test_server_bound_to_loopback_refuses_a_foreign_host_header(serve_server):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends `Host: evil.example`."""
+    import httpx
+
+    port = serve_server.url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example"):
+        r = httpx.get(f"{serve_server.url}/model", headers={"Host": host}, timeout=10)
+        assert r.status_code == 421 and "DNS rebinding" in r.json()["error"], (host, r.text)
+        assert "classes" not in r.text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
+        assert httpx.get(f"{serve_server.url}/model", headers={"Host": host}, timeout=10).status_code == 200, host
