@@ -628,3 +628,35 @@ def test_server_bound_to_loopback_refuses_a_foreign_host_header(serve_server):
         assert "classes" not in r.text
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost"):
         assert httpx.get(f"{serve_server.url}/model", headers={"Host": host}, timeout=10).status_code == 200, host
+
+
+# --------------------------------------------------------------------------- robustness: run directories
+
+
+def test_a_run_directory_is_held_by_one_process_and_killed_writes_are_cleaned(tmp_path):
+    from retreino import runs
+    from retreino.errors import RetreinoError
+    from retreino.training import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runs.CONFIG).write_text(json.dumps({"config": {}, "data": {"class_names": ["a", "b"]}}))
+    (run / runs.STATE).write_text(json.dumps({"epoch": 2, "finished": True}))
+    stale = run / ".fine_tuned_model.k2j3h4.keras"  # what a write killed half-way leaves
+    stale.write_bytes(b"half a model")
+    # Another process holds the run (a child, so the lock really is another process's).
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from retreino import runs; "
+                               "h = runs.lock_run_dir(sys.argv[1]); print('held', flush=True); time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RetreinoError) as err:
+            train(resume=run, printer=lambda *a: None)
+        _one_line(err.value, str(run), "in use by another retreino process", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    stale.write_bytes(b"half a model")
+    # The holder was killed (SIGKILL): the lock went with it, and the stale temp file is removed.
+    assert train(resume=run, printer=lambda *a: None).dir == run
+    assert not stale.exists()

@@ -90,3 +90,40 @@ def _number(v: str):
             return float(v)
         except ValueError:
             return v
+
+
+LOCK = ".lock"
+
+
+def lock_run_dir(run_dir: str | Path):
+    """Hold `run_dir` for this process: a second `train --resume` of the same run is one clear error.
+
+    An flock on `<run>/.lock`: the kernel releases it when the process ends, even on SIGKILL, so a
+    killed run never stays locked. Holding the lock, the temporary files of writes a killed run left
+    half-done (`.fine_tuned_model.XXXX.keras` ...) are removed. Returns the open lock file: the lock
+    lasts as long as it stays open.
+    """
+    import fcntl
+    import os
+
+    run_dir = Path(run_dir)
+    fh = open(run_dir / LOCK, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        owner = fh.read().strip()
+        fh.close()
+        from .errors import RetreinoError
+
+        raise RetreinoError(f"{run_dir} is in use by another retreino process{f' (pid {owner})' if owner else ''}: "
+                            "wait for it to finish, or stop it first") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    stems = [Path(n).name.split(".")[0] for n in (CONFIG, BEST_KERAS, BEST_H5, LAST, LABELS, HISTORY, STATE, CURVES, REPORT)]
+    for f in run_dir.iterdir():
+        if f.is_file() and f.name != LOCK and any(f.name.startswith(f".{s}.") for s in stems):
+            f.unlink(missing_ok=True)  # the temporary file of an atomic write that was killed
+    return fh

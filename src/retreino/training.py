@@ -243,6 +243,7 @@ class _Trainer:
             self.print_trainable()
             return None
         self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
+        self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
         write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
         write_json(self.run_dir / runs.CONFIG, self.config_record())
         state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
@@ -408,6 +409,15 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    try:
+        return _resume_locked(run_dir, printer, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     record = runs.read_json(run_dir, runs.CONFIG)
     state = runs.read_json(run_dir, runs.STATE)
     if not record or not state:
