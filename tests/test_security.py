@@ -539,9 +539,26 @@ def test_deep_folders_symlink_loops_and_fifos_in_a_dataset(tmp_path):
         os.close(fd)
     code = ("import sys; from retreino import load_dataset; ds = load_dataset(sys.argv[1], warn=False); "
             "print(sum(len(s) for s in ds.splits()))")
-    r = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=300)
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=300)
+    finally:
+        remove_deep_chain(root / "dogs", "d")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "8"
+
+
+def remove_deep_chain(parent: Path, name: str) -> None:
+    """Remove parent/name/name/... one level at a time (shutil.rmtree recurses and overflows at 10,000)."""
+    top = parent / name
+    spare = parent / (name + ".up")
+    while top.is_dir():
+        inner = top / name
+        if inner.is_dir():
+            os.rename(inner, spare)
+            os.rmdir(top)
+            os.rename(spare, top)
+        else:
+            shutil.rmtree(top)
 
 
 
@@ -660,3 +677,25 @@ def test_a_run_directory_is_held_by_one_process_and_killed_writes_are_cleaned(tm
     # The holder was killed (SIGKILL): the lock went with it, and the stale temp file is removed.
     assert train(resume=run, printer=lambda *a: None).dir == run
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("killed", ["before_commit", "after_first_rename"])
+def test_best_keras_and_h5_are_always_from_the_same_epoch_after_a_kill(killed, tmp_path):
+    import os
+
+    from retreino import runs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runs.BEST_KERAS).write_text("epoch 3")
+    (run / runs.BEST_H5).write_text("epoch 3")
+    pending = runs.pending_best(run)
+    for p in pending.values():
+        p.write_text("epoch 4")
+    if killed == "after_first_rename":  # the commit mark was written, one rename done, then SIGKILL
+        (run / runs.COMMIT).write_text("")
+        os.replace(pending[runs.BEST_H5], run / runs.BEST_H5)
+    runs.lock_run_dir(run).close()  # what the next `train --resume` does first
+    want = "epoch 3" if killed == "before_commit" else "epoch 4"
+    assert (run / runs.BEST_KERAS).read_text() == (run / runs.BEST_H5).read_text() == want
+    assert sorted(p.name for p in run.iterdir()) == [".lock", runs.BEST_H5, runs.BEST_KERAS]

@@ -122,8 +122,47 @@ def lock_run_dir(run_dir: str | Path):
     fh.truncate()
     fh.write(str(os.getpid()))
     fh.flush()
+    recover_best(run_dir)
     stems = [Path(n).name.split(".")[0] for n in (CONFIG, BEST_KERAS, BEST_H5, LAST, LABELS, HISTORY, STATE, CURVES, REPORT)]
     for f in run_dir.iterdir():
         if f.is_file() and f.name != LOCK and any(f.name.startswith(f".{s}.") for s in stems):
             f.unlink(missing_ok=True)  # the temporary file of an atomic write that was killed
     return fh
+
+
+# The best .keras and .h5 are replaced as a pair: both written under pending names, a commit mark,
+# then the two renames. A kill anywhere leaves them from the same epoch once `recover_best` has run.
+PENDING = {BEST_KERAS: ".fine_tuned_model.pending.keras", BEST_H5: ".fine_tuned_model.pending.h5"}
+COMMIT = ".best.commit"
+
+
+def pending_best(run_dir: str | Path) -> dict[str, Path]:
+    """{final name: pending path} to save the next best model to, before `commit_best`."""
+    return {final: Path(run_dir) / pending for final, pending in PENDING.items()}
+
+
+def commit_best(run_dir: str | Path) -> None:
+    import os
+
+    run_dir = Path(run_dir)
+    write_text(run_dir / COMMIT, "")
+    _roll_forward(run_dir)
+    os.unlink(run_dir / COMMIT)
+
+
+def _roll_forward(run_dir: Path) -> None:
+    import os
+
+    for final, pending in PENDING.items():
+        if (run_dir / pending).exists():
+            os.replace(run_dir / pending, run_dir / final)
+
+
+def recover_best(run_dir: str | Path) -> None:
+    """After a kill: finish a committed pair of renames, or drop an uncommitted pair (the old best stays)."""
+    run_dir = Path(run_dir)
+    if (run_dir / COMMIT).exists():
+        _roll_forward(run_dir)
+        (run_dir / COMMIT).unlink()
+    for pending in PENDING.values():
+        (run_dir / pending).unlink(missing_ok=True)

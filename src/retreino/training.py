@@ -328,17 +328,19 @@ class _Trainer:
 
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
-        save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
+        pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
+        save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)
         # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
         # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
         # would silently switch optimizers. Keep the config intact.
         compile_config = getattr(model, "_compile_config", None)
         kept = dict(compile_config.config) if compile_config is not None else None
         try:
-            save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+            save_model(loaded, pending[runs.BEST_H5], write_labels=False)
         finally:
             if kept is not None:
                 compile_config.config = kept
+        runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
         if run.history:
