@@ -699,3 +699,29 @@ def test_best_keras_and_h5_are_always_from_the_same_epoch_after_a_kill(killed, t
     want = "epoch 3" if killed == "before_commit" else "epoch 4"
     assert (run / runs.BEST_KERAS).read_text() == (run / runs.BEST_H5).read_text() == want
     assert sorted(p.name for p in run.iterdir()) == [".lock", runs.BEST_H5, runs.BEST_KERAS]
+
+
+def test_a_sparse_64_gib_jpg_is_refused_by_its_size_before_reading(tmp_path):
+    """Measured in a subprocess: load_dataset and predict's reader stay small and quick."""
+    root = tmp_path / "data"
+    for i, src in enumerate(real_images("train", "cats", 3) + real_images("train", "dogs", 3)):
+        d = root / ("cats" if i < 3 else "dogs")
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, d / src.name)
+    giant = root / "dogs" / "giant.jpg"
+    with open(giant, "wb") as fh:
+        fh.write(b"\xff\xd8\xff\xe0")
+        fh.truncate(64 << 30)  # sparse: 64 GiB declared, a few KB on disk
+    code = ("import resource, sys\nfrom retreino import load_dataset\nfrom retreino.data.images import read_image\n"
+            "ds = load_dataset(sys.argv[1], warn=False)\n"
+            "print([p.message for p in ds.problems if p.path and p.path.endswith('giant.jpg')][0])\n"
+            "try:\n    read_image(sys.argv[2])\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(root), str(giant)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert "68,719,476,736 bytes, over the" in lines[0], r.stdout
+    assert lines[1].startswith("DataError") and "giant.jpg" in lines[1] and "not read" in lines[1], r.stdout
+    rss_mb = int(lines[-1]) / 1024
+    print(f"\npeak RSS with a sparse 64 GiB .jpg in the data: {rss_mb:.0f} MB")
+    assert rss_mb < 1500

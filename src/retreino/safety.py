@@ -430,13 +430,27 @@ def walk_files(folder, follow_links: bool = True, max_depth: int = 64, skipped: 
             stack.extend((d, depth + 1) for d in reversed(subdirs))
 
 
-def check_regular(path) -> None:
-    """Refuse, before opening, a path that is not a regular file (a FIFO would block forever)."""
+# No real photo is this large; a sparse 64 GiB ".jpg" costs nothing on disk and everything in memory.
+MAX_IMAGE_BYTES = int(float(os.environ.get("RETREINO_MAX_IMAGE_MB", "256")) * (1 << 20))
+
+
+def image_file_problem(path) -> tuple[str, str] | None:
+    """(kind, message) when `path` must not be read as an image, checked by stat before opening."""
     import stat
 
     try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    if not stat.S_ISREG(mode):
-        raise DataError(f"{path}: not a regular file (a FIFO, socket or device); not opened")
+        st = os.stat(path)
+    except OSError:
+        return None  # the reader reports missing or unreadable files itself
+    if not stat.S_ISREG(st.st_mode):
+        return "unreadable", "not a regular file (a FIFO, socket or device); never opened"
+    if st.st_size > MAX_IMAGE_BYTES:
+        return "too_large", (f"{st.st_size:,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit for one image "
+                             "(RETREINO_MAX_IMAGE_MB); not read")
+    return None
+
+
+def check_image_file(path) -> None:
+    problem = image_file_problem(path)
+    if problem:
+        raise DataError(f"{path}: {problem[1]}")
