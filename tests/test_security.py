@@ -577,7 +577,8 @@ def test_a_weight_declared_far_larger_than_the_file_is_refused_before_allocating
             "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     r = subprocess.run([sys.executable, "-c", code, str(h5)], capture_output=True, text=True, timeout=300)
     out = r.stdout.splitlines()
-    assert out[0].startswith("ModelLoadError") and "refused: its datasets declare 2,70" in out[0], r.stdout + r.stderr[-2000:]
+    assert out[0].startswith("ModelLoadError"), r.stdout + r.stderr[-2000:]
+    assert "refused: its datasets declare 2,70" in out[0], out[0]
     rss_mb = int(out[-1].split()[1]) / 1024
     print(f"\npeak RSS loading a 2.7 GB-declared weight: {rss_mb:.0f} MB")
     assert rss_mb < 1500
@@ -669,7 +670,7 @@ def test_a_run_directory_is_held_by_one_process_and_killed_writes_are_cleaned(tm
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RetreinoError) as err:
             train(resume=run, printer=lambda *a: None)
-        _one_line(err.value, str(run), "in use by another retreino process", f"pid {holder.pid}")
+        _one_line(err.value, str(run), "in use by another retreino process")
     finally:
         holder.kill()
         holder.wait()
@@ -698,7 +699,7 @@ def test_best_keras_and_h5_are_always_from_the_same_epoch_after_a_kill(killed, t
     runs.lock_run_dir(run).close()  # what the next `train --resume` does first
     want = "epoch 3" if killed == "before_commit" else "epoch 4"
     assert (run / runs.BEST_KERAS).read_text() == (run / runs.BEST_H5).read_text() == want
-    assert sorted(p.name for p in run.iterdir()) == [".lock", runs.BEST_H5, runs.BEST_KERAS]
+    assert sorted(p.name for p in run.iterdir()) == [runs.BEST_H5, runs.BEST_KERAS]
 
 
 def test_a_sparse_64_gib_jpg_is_refused_by_its_size_before_reading(tmp_path):

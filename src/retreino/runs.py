@@ -92,42 +92,51 @@ def _number(v: str):
             return v
 
 
-LOCK = ".lock"
+class RunLock:
+    """An flock on the run directory itself (no lock file left behind); released by `close()` or exit."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.close()
 
 
-def lock_run_dir(run_dir: str | Path):
+def lock_run_dir(run_dir: str | Path) -> RunLock:
     """Hold `run_dir` for this process: a second `train --resume` of the same run is one clear error.
 
-    An flock on `<run>/.lock`: the kernel releases it when the process ends, even on SIGKILL, so a
-    killed run never stays locked. Holding the lock, the temporary files of writes a killed run left
-    half-done (`.fine_tuned_model.XXXX.keras` ...) are removed. Returns the open lock file: the lock
-    lasts as long as it stays open.
+    The kernel releases the lock when the process ends, even on SIGKILL, so a killed run never
+    stays locked. Holding it, a best-model pair a kill interrupted is completed or dropped
+    (`recover_best`) and the temporary files of writes a killed run left half-done
+    (`.fine_tuned_model.XXXX.keras` ...) are removed.
     """
     import fcntl
     import os
 
     run_dir = Path(run_dir)
-    fh = open(run_dir / LOCK, "a+")
+    fd = os.open(run_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        fh.seek(0)
-        owner = fh.read().strip()
-        fh.close()
+        os.close(fd)
         from .errors import RetreinoError
 
-        raise RetreinoError(f"{run_dir} is in use by another retreino process{f' (pid {owner})' if owner else ''}: "
+        raise RetreinoError(f"{run_dir} is in use by another retreino process: "
                             "wait for it to finish, or stop it first") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
     recover_best(run_dir)
-    stems = [Path(n).name.split(".")[0] for n in (CONFIG, BEST_KERAS, BEST_H5, LAST, LABELS, HISTORY, STATE, CURVES, REPORT)]
+    names = (CONFIG, BEST_KERAS, BEST_H5, LAST, LABELS, HISTORY, STATE, CURVES, REPORT)
+    stems = [Path(n).name.split(".")[0] for n in names]
     for f in run_dir.iterdir():
-        if f.is_file() and f.name != LOCK and any(f.name.startswith(f".{s}.") for s in stems):
+        if f.is_file() and any(f.name.startswith(f".{s}.") for s in stems):
             f.unlink(missing_ok=True)  # the temporary file of an atomic write that was killed
-    return fh
+    return RunLock(fd)
 
 
 # The best .keras and .h5 are replaced as a pair: both written under pending names, a commit mark,
