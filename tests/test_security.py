@@ -726,3 +726,31 @@ def test_a_sparse_64_gib_jpg_is_refused_by_its_size_before_reading(tmp_path):
     rss_mb = int(lines[-1]) / 1024
     print(f"\npeak RSS with a sparse 64 GiB .jpg in the data: {rss_mb:.0f} MB")
     assert rss_mb < 1500
+
+
+def test_a_killed_predict_leaves_no_hidden_temp_file_after_the_next_start(tmp_path):
+    from retreino.prediction import RowWriter
+
+    out = tmp_path / "preds.csv"
+    # A predict that was SIGKILLed while writing: its temporary file, held by nobody.
+    victim = subprocess.Popen([sys.executable, "-c", "import sys, time; from retreino.prediction import RowWriter; "
+                               "w = RowWriter(sys.argv[1], ['a', 'b']); print(w._tmp, flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    stale = Path(victim.stdout.readline().strip())
+    assert stale.exists() and stale.name.startswith(".preds.")
+    live = subprocess.Popen([sys.executable, "-c", "import sys, time; from retreino.prediction import RowWriter; "
+                             "w = RowWriter(sys.argv[1], ['a', 'b']); print(w._tmp, flush=True); time.sleep(60)",
+                             str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        running = Path(live.stdout.readline().strip())
+        victim.kill()
+        victim.wait()
+        w = RowWriter(out, ["a", "b"])
+        w.write({"path": "x.jpg", "predicted": "a", "confidence": 0.9, "probabilities": {"a": 0.9, "b": 0.1}})
+        w.close(ok=True)
+        assert not stale.exists()  # the dead writer's temp is gone
+        assert running.exists()  # a live writer's is kept
+        assert out.read_text().startswith("path,")
+    finally:
+        live.kill()
+        live.wait()

@@ -337,9 +337,11 @@ class RowWriter:
             raise RetreinoError(f"unknown output format {self.fmt!r}: use csv or jsonl")
         self.class_names = list(class_names)
         self.top_k = top_k
+        safety.remove_dead_temps(self.out)  # what a killed predict left behind
         self._ctx = atomic_path(self.out)
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        safety.hold(self._fh)
         self.count = 0
         if self.fmt == "csv":
             self.columns = ["path", "true", "predicted", "confidence"] + [f"prob_{c}" for c in self.class_names]

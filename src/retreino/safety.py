@@ -454,3 +454,39 @@ def check_image_file(path) -> None:
     problem = image_file_problem(path)
     if problem:
         raise DataError(f"{path}: {problem[1]}")
+
+
+# --------------------------------------------------------------------------- temporary files
+
+
+def hold(fh) -> None:
+    """Mark an open temporary file as being written by a live process (see `remove_dead_temps`)."""
+    import fcntl
+
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_dead_temps(target) -> list[Path]:
+    """Remove the hidden temporary files a killed writer of `target` left (`.name.XXXX.csv`).
+
+    A live writer holds an flock on its temporary file (`hold`), so only the dead ones go.
+    """
+    import fcntl
+
+    target = Path(target)
+    suffix = "".join(target.suffixes) or ".tmp"
+    removed = []
+    for f in target.parent.glob(f".{target.name[:len(target.name) - len(suffix)]}.*{suffix}"):
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's
+        finally:
+            os.close(fd)
+        f.unlink(missing_ok=True)
+        removed.append(f)
+    return removed
