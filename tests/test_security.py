@@ -754,3 +754,21 @@ def test_a_killed_predict_leaves_no_hidden_temp_file_after_the_next_start(tmp_pa
     finally:
         live.kill()
         live.wait()
+
+
+def test_server_caps_the_decoded_pixels_of_one_request(serve_server):
+    """Four small PNGs of 30 Mpx each (120 Mpx, each under the per-image limit): refused on their headers."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buf, format="PNG")
+    png = buf.getvalue()
+    assert len(png) < 1 << 20
+    files = [("files", (f"flat{i}.png", png, "image/png")) for i in range(4)]
+    r = httpx.post(f"{serve_server.url}/predict", files=files, timeout=60)
+    assert r.status_code == 413, r.text
+    assert "100,000,000 pixels" in r.text and "flat3.png" in r.text
+    assert httpx.get(f"{serve_server.url}/health", timeout=10).status_code == 200
