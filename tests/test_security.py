@@ -772,3 +772,17 @@ def test_server_caps_the_decoded_pixels_of_one_request(serve_server):
     assert r.status_code == 413, r.text
     assert "100,000,000 pixels" in r.text and "flat3.png" in r.text
     assert httpx.get(f"{serve_server.url}/health", timeout=10).status_code == 200
+
+
+def test_a_weights_file_with_an_external_link_is_refused_before_the_backbone_is_built(tmp_path, secret):
+    import h5py
+
+    from retreino import load_model
+
+    weights = tmp_path / "evil.weights.h5"
+    with h5py.File(weights, "w") as f:
+        f.create_dataset("layers/conv/vars/0", shape=(4,), dtype="float32",
+                         external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+    with pytest.raises(UnsafeModelError) as err:
+        load_model("mobilenet_v2", weights=weights)
+    _one_line(err.value, "evil.weights.h5", "external storage")

@@ -254,6 +254,9 @@ def _guess_preprocessing(model) -> str:
 def _load_backbone(name: str, weights) -> LoadedModel:
     if weights is None:
         weights = "imagenet"
+    elif Path(weights).is_file() and _starts_with(Path(weights), HDF5_SIGNATURE):
+        with _open_h5(Path(weights)) as f:
+            safety.check_h5(f, weights)  # a weights file may point at other files too
     model, spec = build_backbone(name, weights=weights)
     info = ModelInfo(
         format="keras-applications",
@@ -265,6 +268,11 @@ def _load_backbone(name: str, weights) -> LoadedModel:
         backbone=name,
     )
     return LoadedModel(model, info)
+
+
+def _starts_with(path: Path, signature: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(signature)) == signature
 
 
 def _check_classes(loaded: LoadedModel) -> None:
