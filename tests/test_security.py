@@ -538,13 +538,14 @@ def test_deep_folders_symlink_loops_and_fifos_in_a_dataset(tmp_path):
     finally:
         os.close(fd)
     code = ("import sys; from retreino import load_dataset; ds = load_dataset(sys.argv[1], warn=False); "
-            "print(sum(len(s) for s in ds.splits()))")
+            "print([p.path for p in ds.problems if p.kind == 'not_regular']); print(sum(len(s) for s in ds.splits()))")
     try:
         r = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=300)
     finally:
         remove_deep_chain(root / "dogs", "d")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "8"
+    assert r.stdout.strip().splitlines()[-2] == repr([str(root / "dogs" / "trap.jpg")])  # named, never opened
 
 
 def remove_deep_chain(parent: Path, name: str) -> None:

@@ -413,6 +413,11 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
     if source == "csv" and not labels_csv and _find_csv(root) is None and _find_csv(root.parent):
         roots.append(root.parent)  # the CSV sits beside the image folder
     safety.keep_inside(parts, roots, follow_links, problems)
+    special: list[str] = []
+    for _ in safety.walk_files(root, skipped=special):
+        pass
+    problems.extend(Problem("not_regular", p, "not a regular file (a FIFO, socket or device); never opened")
+                    for p in special)
 
     all_paths = sorted({str(p) for split in parts.values() for files in split.values() for p in files})
     infos = {i.path: i for i in scan_images(all_paths, deep=deep, desc="checking images")}
