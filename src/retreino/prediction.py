@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import safety
 from .data.images import IMAGE_EXTENSIONS, read_image
 from .errors import DataError, RetreinoError
 from .inference.exports import DEFAULT_RUNTIME
@@ -173,11 +174,15 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        found = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(Path(dirpath) / f for f in sorted(filenames)
-                         if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        found, special = [], []
+        # Regular files only, loop-safe: a FIFO named photo.jpg would block the first read forever.
+        for dirpath, filenames in safety.walk_files(path, skipped=special):
+            found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        if special:
+            from .console import warn
+
+            warn(f"skipping {len(special)} non-regular file(s) (FIFO, socket, device), never opened: "
+                 + ", ".join(special[:5]) + (" ..." if len(special) > 5 else ""))
         if not found:
             raise DataError(f"{text}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return found
@@ -303,9 +308,11 @@ class RowWriter:
             raise RetreinoError(f"unknown output format {self.fmt!r}: use csv or jsonl")
         self.class_names = list(class_names)
         self.top_k = top_k
+        safety.remove_dead_temps(self.out)  # what a killed predict left behind
         self._ctx = atomic_path(self.out)
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        safety.hold(self._fh)
         self.count = 0
         if self.fmt == "csv":
             self.columns = ["path", "true", "predicted", "confidence"] + [f"prob_{c}" for c in self.class_names]

@@ -244,6 +244,7 @@ class _Trainer:
             self.print_trainable()
             return None
         self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
+        self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
         write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
         write_json(self.run_dir / runs.CONFIG, self.config_record())
         state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
@@ -329,17 +330,19 @@ class _Trainer:
 
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
-        save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
+        pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
+        save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)
         # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
         # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
         # would silently switch optimizers. Keep the config intact.
         compile_config = getattr(model, "_compile_config", None)
         kept = dict(compile_config.config) if compile_config is not None else None
         try:
-            save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+            save_model(loaded, pending[runs.BEST_H5], write_labels=False)
         finally:
             if kept is not None:
                 compile_config.config = kept
+        runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
         if run.history:
@@ -410,6 +413,15 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    try:
+        return _resume_locked(run_dir, printer, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     record = runs.read_json(run_dir, runs.CONFIG)
     state = runs.read_json(run_dir, runs.STATE)
     if not record or not state:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import safety
 from ..errors import RetreinoError
 from ..models.info import ModelInfo, read_labels
 
@@ -67,6 +68,8 @@ def read_export(path: str | os.PathLike) -> ExportRecord:
     meta = _read_json(meta_file) if meta_file.is_file() else None
     if meta is None and path.is_file():
         meta = embedded_metadata(path)
+    if meta is not None:
+        meta = safety.check_metadata(meta, meta_file if meta_file.is_file() else path)
     if meta is None:
         raise RetreinoError(
             f"{path} carries no retreino metadata ({META_FILE}): its class names and input scaling are "
@@ -133,7 +136,9 @@ def embedded_metadata(path: Path) -> dict | None:
             import zipfile
 
             with zipfile.ZipFile(path) as zf:
-                return json.loads(zf.read(META_FILE)) if META_FILE in zf.namelist() else None
+                if META_FILE not in zf.namelist() or zf.getinfo(META_FILE).file_size > 1 << 20:
+                    return None  # absent, or a zip bomb in place of a small JSON file
+                return json.loads(zf.read(META_FILE))
     except Exception:  # a foreign file: no metadata, the caller says so
         return None
     return None
@@ -187,6 +192,8 @@ def best_export(model_source, allowed: tuple[str, ...] = RUNTIMES) -> ExportReco
     best = None
     for record in find_exports(model_source):
         if not record.passed or record.runtime not in allowed or record.runtime == "keras":
+            continue
+        if not safety.may_choose_automatically(record):  # a record is evidence about speed, not safety
             continue
         latency, keras_latency = record.latency_ms, record.export.get("keras_latency_ms")
         if latency is None or (keras_latency is not None and latency >= keras_latency):

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..data.images import read_image
+from .. import safety
 from ..errors import RetreinoError
 from ..models.info import LoadedModel, ModelInfo
 from ..preprocessing import scale_pixels_np
@@ -82,9 +83,12 @@ class Predictor:
         self.resize_mode = resize_mode or resize_mode_of(self.info)
 
     @classmethod
-    def from_export(cls, path, resize_mode: str | None = None) -> "Predictor":
-        """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed."""
-        return cls(path, runtime="export", resize_mode=resize_mode)
+    def from_export(cls, path, resize_mode: str | None = None, unsafe: bool = False) -> "Predictor":
+        """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed.
+
+        A SavedModel is a program that can read and write files: it opens only with `unsafe=True`.
+        """
+        return cls(path, runtime="export", resize_mode=resize_mode, unsafe=unsafe)
 
     @property
     def class_names(self) -> list[str]:
@@ -96,7 +100,9 @@ class Predictor:
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 or float pixels in [0, 255], shape (N, H, W, 3) at the model's input size."""
         x = scale_pixels_np(pixels, self.info.preprocessing)
-        return probabilities(self.backend(x), self.info.head)
+        probs = probabilities(self.backend(x), self.info.head)
+        safety.check_finite_outputs(probs, self.info.source or "the model")  # never a `nan%`
+        return probs
 
     def load_pixels(self, source) -> np.ndarray:
         return read_image(source, self.info.input_size, self.resize_mode)
@@ -219,7 +225,7 @@ def _open_checked(record, loaded: LoadedModel):
             f"the {record.format} export in {record.folder} names classes {record.info.class_names}, "
             f"the model {loaded.info.class_names}: re-export it"
         )
-    return runtimes.open_record(record)
+    return runtimes.open_record(record, unsafe=getattr(loaded, "unsafe", False))
 
 
 def _open_path(path: Path, runtime: str, unsafe: bool = False):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import safety
 from ..errors import RetreinoError
 from ..models.info import ModelInfo
 from .exports import ExportRecord, read_export
@@ -188,6 +189,7 @@ def load_runtime(path: str | os.PathLike, *, unsafe: bool = False) -> Runtime:
 
 
 def open_record(record: ExportRecord, *, unsafe: bool = False) -> Runtime:
+    safety.check_export(record, unsafe=unsafe)
     kind = record.runtime
     if kind == "onnx":
         return OnnxRuntime(record.file, record.info)

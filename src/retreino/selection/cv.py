@@ -205,8 +205,9 @@ def _materialise(root: Path, splits: dict, classes: list[str]) -> None:
         for i, (path, label) in enumerate(zip(paths, labels)):
             src = Path(path).resolve()
             dst = root / split / classes[int(label)] / f"{i:05d}_{src.name}"
+            # Hard links, not symlinks: a fold folder's files must lie inside it (see retreino.safety).
             try:
-                os.symlink(src, dst)
+                os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
 
