@@ -254,6 +254,9 @@ class _Trainer:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
+        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+            from .tracking import callbacks_for
+            self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         total = sum(n for _, n, _ in self.phases())
         offset = 0
         nan_guard = NanGuard()
