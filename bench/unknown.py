@@ -22,8 +22,8 @@ if not load_model(run / "fine_tuned_model.keras").info.unknown:
     ood.fit_run(run)
 cfg = json.loads((run / "config.json").read_text())["config"]
 pred = Predictor(load_model(run / "fine_tuned_model.keras"), runtime="keras")
-        raw = pred.backend(scale_pixels_np(x, pred.info.preprocessing))
-        head, f = ood.split_outputs(raw, pred._head_units)
+test = labelled_images(cfg["data"], "test", None, val_split=cfg["val_split"], test_split=cfg["test_split"],
+                      seed=cfg["seed"])
 
 
 def outputs(paths):
