@@ -351,6 +351,10 @@ class _Trainer:
         runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
+        if not run.interrupted and (self.run_dir / runs.BEST_KERAS).exists():
+            from .ood import fit_after_training
+
+            fit_after_training(self)  # temperature + unknown detector, stored with the best model
         if run.history:
             try:
                 from .plots import plot_learning_curves

@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"),
                    help="how images are fitted to the model's input (default: the model's, as in training; else stretch)")
+    p.add_argument("--unknown", default="on", choices=("on", "off"),
+                   help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
     g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")
@@ -49,6 +51,7 @@ def run(args) -> int:
         max_batch=1 if args.no_batching else args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         resize_mode=args.resize,
+        unknown=args.unknown == "on",
     )
     serve(
         args.model,

@@ -186,6 +186,7 @@ def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind,
         except Exception as exc:  # converters raise anything; the user needs the format and the reason
             raise ExportError(f"cannot export to {fmt}: {_first_line(exc)}") from exc
         write_text(tmp / "labels.txt", labels_text(info.class_names or []))
+        _carry_unknown(loaded, fmt, tmp, meta)
         write_json(tmp / META_FILE, meta)
 
         # Checked exactly as predict/evaluate/serve will run it: the export alone, metadata from its files.
@@ -239,14 +240,15 @@ def _write_keras2(name: str, fmt: str):
 
 
 def _write_savedmodel(loaded, folder: Path, ws, *, meta, calibration):
-    shutil.copytree(ws.saved_model(), folder, dirs_exist_ok=True)
+    shutil.copytree(ws.saved_model(features=_features_output(loaded, "savedmodel")), folder, dirs_exist_ok=True)
 
 
 def _write_tflite(int8: bool):
     def write(loaded, folder: Path, ws, *, meta, calibration):
         import tensorflow as tf
 
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(ws.saved_model()))
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(ws.saved_model(features=_features_output(loaded, "tflite-int8" if int8 else "tflite"))))
         if int8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = _representative(calibration, loaded.info)
@@ -268,7 +270,7 @@ def _write_onnx(loaded, folder: Path, ws, *, meta, calibration):
 
     path = folder / "model.onnx"
     with _quiet():
-        loaded.model.export(str(path), format="onnx", verbose=False)
+        _exported_model(loaded, "onnx").export(str(path), format="onnx", verbose=False)
     model = onnx.load(str(path))
     for key, value in (("retreino", json.dumps(meta)), ("labels", labels_text(meta.get("class_names") or []))):
         prop = model.metadata_props.add()
@@ -293,7 +295,7 @@ class _Workspace:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self.dir: Path | None = None
-        self._saved: Path | None = None
+        self._saved: dict[bool, Path] = {}
 
     def __enter__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="retreino-export-"))
@@ -302,13 +304,48 @@ class _Workspace:
     def __exit__(self, *exc):
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def saved_model(self) -> Path:
-        if self._saved is None:
-            path = self.dir / "saved_model"
+    def saved_model(self, features: bool = False) -> Path:
+        """The SavedModel of the model, or (`features`) of the model emitting [head | pooled features]."""
+        if features not in self._saved:
+            path = self.dir / ("saved_model_features" if features else "saved_model")
+            model = self.loaded.model
+            if features:
+                from ..ood import with_features
+
+                model = with_features(model)
             with _quiet():
-                self.loaded.model.export(str(path), format="tf_saved_model", verbose=False)
-            self._saved = path
-        return self._saved
+                model.export(str(path), format="tf_saved_model", verbose=False)
+            self._saved[features] = path
+        return self._saved[features]
+
+
+# Formats whose file gets the pooled features as extra output columns when the model has an unknown
+# detector. Keras formats compute them from the Keras model at load time; int8 leaves them out (one
+# quantization scale for probabilities and features would blur the probabilities).
+FEATURE_OUTPUT_FORMATS = ("onnx", "tflite", "savedmodel")
+
+
+def _features_output(loaded, fmt: str) -> bool:
+    return bool(loaded.info.unknown) and fmt in FEATURE_OUTPUT_FORMATS
+
+
+def _exported_model(loaded, fmt: str):
+    if _features_output(loaded, fmt):
+        from ..ood import with_features
+
+        return with_features(loaded.model)
+    return loaded.model
+
+
+def _carry_unknown(loaded, fmt: str, folder: Path, meta: dict) -> None:
+    """Copy unknown.npz into the export folder; an export that cannot apply it drops it from its metadata."""
+    if not loaded.info.unknown:
+        return
+    if fmt == "tflite-int8":
+        meta["unknown"] = None
+        return
+    src = Path(str(loaded.info.source)).parent / loaded.info.unknown.get("file", "unknown.npz")
+    shutil.copy(src, folder / src.name)
 
 
 def _zip_bytes(meta: dict) -> bytes:

@@ -32,6 +32,8 @@ class ModelInfo:
     backbone: str | None = None
     keras_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    temperature: float | None = None  # temperature scaling fitted on validation (retreino.calibration)
+    unknown: dict[str, Any] | None = None  # out-of-distribution detector: method, threshold, file (retreino.ood)
 
     @property
     def num_classes(self) -> int | None:
