@@ -366,7 +366,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
         raise RetreinoError("no data to evaluate on: pass a folder of labelled images (--data)")
 
     loaded = as_loaded(model_or_path)
-    predictor = as_predictor(loaded, runtime=runtime, resize_mode=resize_mode or "stretch")
+    predictor = as_predictor(loaded, runtime=runtime, resize_mode=resize_mode)
     model_classes = predictor.class_names
     images = labelled_images(data, split, labels_csv,
                              val_split=float(cfg_settings.get("val_split", 0.2)),
@@ -392,7 +392,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     try:
         pos = 0
         for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
-                                                            predictor.resize_mode, batch_size, workers):
+                                                            predictor.resize_mode, batch_size, workers,
+                                                            interpolation=predictor.interpolation):
             if ok:
                 probs.append(predictor.predict_pixels(pixels))
             for i, path in enumerate(chunk):

@@ -46,7 +46,7 @@ class Predictor:
     array([[0.974, 0.026]], dtype=float32)
     """
 
-    def __init__(self, loaded, runtime: str = "auto", resize_mode: str = "stretch"):
+    def __init__(self, loaded, runtime: str = "auto", resize_mode: str | None = None):
         from . import runtimes
 
         if isinstance(loaded, (str, os.PathLike)):
@@ -62,10 +62,12 @@ class Predictor:
         self.info = backend.info if backend.info is not None else loaded.info
         self.backend = backend
         self.runtime = backend.name
-        self.resize_mode = resize_mode
+        # How photos are fitted to the input: the model's own contract unless the caller overrides it.
+        self.resize_mode = resize_mode or self.info.resize
+        self.interpolation = self.info.interpolation
 
     @classmethod
-    def from_export(cls, path, resize_mode: str = "stretch") -> "Predictor":
+    def from_export(cls, path, resize_mode: str | None = None) -> "Predictor":
         """A Predictor on an exported model alone (ONNX, TFLite, SavedModel, H5 ...), no Keras model needed."""
         return cls(path, runtime="export", resize_mode=resize_mode)
 
@@ -82,7 +84,7 @@ class Predictor:
         return probabilities(self.backend(x), self.info.head)
 
     def load_pixels(self, source) -> np.ndarray:
-        return read_image(source, self.info.input_size, self.resize_mode)
+        return read_image(source, self.info.input_size, self.resize_mode, self.interpolation)
 
     def predict_images(self, sources: Sequence, batch_size: int = 32) -> np.ndarray:
         """Paths, bytes or file objects -> (N, classes) probabilities, in batches."""

@@ -58,7 +58,7 @@ def as_loaded(model, **load_kwargs):
     return loaded
 
 
-def as_predictor(model, runtime: str = "keras", resize_mode: str = "stretch", **load_kwargs):
+def as_predictor(model, runtime: str = "keras", resize_mode: str | None = None, **load_kwargs):
     """A Predictor from a Predictor, LoadedModel or path; the one place runtimes are chosen."""
     from .inference import Predictor
 
@@ -153,7 +153,7 @@ def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, flo
 
 
 def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Sequence[str] | None = None,
-            runtime: str = "keras", resize_mode: str = "stretch") -> Prediction:
+            runtime: str = "keras", resize_mode: str | None = None) -> Prediction:
     """Classify one image: a path, bytes, a PIL image or uint8 pixels (H, W, 3).
 
     `model` is a LoadedModel, a Predictor or a path (run directory, .keras, Teachable Machine folder).
@@ -182,7 +182,8 @@ def _pixels(image, predictor) -> np.ndarray:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         image = Image.fromarray(arr)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
-        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode), dtype=np.uint8)
+        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode,
+                                 predictor.interpolation), dtype=np.uint8)
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise DataError(f"{image}: no such file")
     return predictor.load_pixels(image)
@@ -220,9 +221,9 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     raise DataError(f"{text}: no such file, folder or pattern")
 
 
-def _decode(path, size, mode):
+def _decode(path, size, mode, interpolation="bilinear"):
     try:
-        return read_image(path, size, mode), None
+        return read_image(path, size, mode, interpolation), None
     except DataError as exc:
         return None, str(exc)
     except Exception as exc:  # one bad file must never stop a run over thousands
@@ -230,7 +231,7 @@ def _decode(path, size, mode):
 
 
 def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "stretch", batch_size: int = 32,
-                         workers: int | None = None, prefetch: int = 3) -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
+                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear") -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
     """Yield (paths, pixels of the readable ones, their positions in the batch, per-path error or None).
 
     At most `prefetch` batches are decoded ahead of the consumer, so memory is bounded by
@@ -241,7 +242,7 @@ def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "st
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retreino-decode") as pool:
         def submit(chunk):
-            pending.append((chunk, [pool.submit(_decode, p, size, mode) for p in chunk]))
+            pending.append((chunk, [pool.submit(_decode, p, size, mode, interpolation) for p in chunk]))
 
         try:
             for chunk in chunks:
@@ -279,7 +280,7 @@ def true_class_from_path(path: Path, class_names: Sequence[str], display: Sequen
 
 def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int = 1,
                         names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                        resize_mode: str = "stretch", workers: int | None = None, progress: bool = True,
+                        resize_mode: str | None = None, workers: int | None = None, progress: bool = True,
                         paths: Sequence[Path] | None = None) -> Iterator[dict[str, Any]]:
     """Stream one row per image (see `predict_folder`), in file order, as batches complete."""
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
@@ -291,8 +292,8 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
 
         bar = _progress(total=len(files), desc="predicting", unit="img")
     try:
-        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size, resize_mode,
-                                                             batch_size, workers):
+        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size, predictor.resize_mode,
+                                                             batch_size, workers, interpolation=predictor.interpolation):
             probs = predictor.predict_pixels(pixels) if len(ok) else np.zeros((0, len(display)), np.float32)
             by_pos = dict(zip(ok, probs))
             for i, path in enumerate(chunk):
@@ -390,7 +391,7 @@ def _fmt_prob(v) -> str:
 def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, batch_size: int = 32,
                    grid: str | os.PathLike | None = None, top_k: int = 1,
                    names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                   resize_mode: str = "stretch", workers: int | None = None, fmt: str | None = None,
+                   resize_mode: str | None = None, workers: int | None = None, fmt: str | None = None,
                    progress: bool = True, keep_rows: bool = True, grid_size: int = 36) -> list[dict[str, Any]]:
     """Predict every image of a folder (recursive) or glob, in batches, with bounded memory.
 

@@ -132,6 +132,8 @@ class _Trainer:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
             self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
             self.loaded = self.prepared.loaded
+        if cfg.resize:  # --resize overrides the model's contract, and the override travels with it
+            self.loaded.info.resize = cfg.resize
         self.info: ModelInfo = self.loaded.info
         head = self.info.head
         self.binary = head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
@@ -146,7 +148,8 @@ class _Trainer:
         cfg, ds, info = self.cfg, self.dataset, self.info
         common = dict(
             image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
-            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=cfg.resize,
+            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=info.resize,
+            interpolation=info.interpolation,
             cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
         )
         augment = cfg.augment if cfg.augment.enabled else None
@@ -220,7 +223,9 @@ class _Trainer:
     def phases(self) -> list[tuple[str, int, float]]:
         cfg = self.cfg
         phases = []
-        if self.new_head and cfg.warmup_epochs > 0:
+        if self.new_head and cfg.head_init == "linear-probe":
+            phases.append(("linear-probe", 1, 0.0))  # see recipe.py: one recorded "epoch", no gradient steps
+        elif self.new_head and cfg.warmup_epochs > 0:
             phases.append(("warmup", cfg.warmup_epochs, cfg.warmup_learning_rate))
         phases.append(("finetune", cfg.epochs, cfg.learning_rate))
         return phases
@@ -262,6 +267,12 @@ class _Trainer:
             for phase, n_epochs, lr in self.phases():
                 end = offset + n_epochs
                 if state["epoch"] >= end:  # phase already done before a resume
+                    offset = end
+                    continue
+                if phase == "linear-probe":
+                    from .recipe import run_linear_probe
+
+                    run_linear_probe(self, state, history)
                     offset = end
                     continue
                 if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:

@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--runtime", default="keras", metavar="NAME",
                    help="forward pass engine: keras (default), auto (fastest checked export), onnx, tflite, ...")
-    p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the input (default: the run's, else stretch)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the input (default: the model's own, saved with it)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_model_args(p)

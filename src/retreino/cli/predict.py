@@ -28,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--runtime", default="auto", metavar="NAME",
                    help="forward pass engine: auto (default: the fastest export that passed its parity check, "
                         "else keras), keras, onnx, tflite, tflite-int8, savedmodel")
-    p.add_argument("--resize", default="stretch", choices=("stretch", "crop", "pad"), help="how images are fitted to the input")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the input (default: the model's own, saved with it)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
     add_model_args(p)

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--runtime", default="auto", metavar="NAME",
                    help="forward pass engine: auto (default: the fastest checked export, else keras), keras, onnx, tflite, ...")
     p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
-    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch", help="how images are fitted to the model's input (default stretch, as in training)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the model's input (default: the model's own, as in training)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
     g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")

@@ -33,7 +33,8 @@ from .sources import Split, _list_paths  # noqa: E402
 LABEL_MODES = ("categorical", "binary", "int", None)
 
 
-def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding"):
+def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding",
+                 interpolation: str = "bilinear"):
     """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
 
     Decoding runs in tf.data's parallel map (PIL releases the GIL while it decodes and resizes);
@@ -46,7 +47,7 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
     def one(i):
         i = int(i)
         try:
-            return read_image(paths[i], (h, w), resize_mode)
+            return read_image(paths[i], (h, w), resize_mode, interpolation)
         except DataError as exc:
             errors[i] = str(exc)
             return np.zeros((h, w, 3), np.uint8)
@@ -66,14 +67,14 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
     return out, errors
 
 
-def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch") -> np.ndarray:
+def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch", interpolation: str = "bilinear") -> np.ndarray:
     """Decode and resize every file into one uint8 array (N, H, W, 3), in order, in parallel.
 
     Raises DataError naming the files that cannot be decoded.
     """
     paths = [str(p) for p in paths]
     _check_resize(resize_mode)
-    images, errors = _decode_many(paths, tuple(image_size), resize_mode)
+    images, errors = _decode_many(paths, tuple(image_size), resize_mode, interpolation=interpolation)
     if errors:
         first = next(iter(errors.values()))
         raise DataError(f"{len(errors)} image(s) cannot be decoded: {first}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
@@ -103,7 +104,8 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
                   batch_size: int = 32, training: bool = False, augment: AugmentConfig | None = None,
                   num_classes: int | None = None, label_mode: str | None = "categorical",
                   resize_mode: str = "stretch", cache: bool = True, cache_budget_mb: float = 2048,
-                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False) -> tf.data.Dataset:
+                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False,
+                  interpolation: str = "bilinear") -> tf.data.Dataset:
     """A `tf.data.Dataset` of (float32 images (B, H, W, 3) scaled for the model, labels).
 
     `split_or_paths` is a `Split` from `load_dataset` (labels and class count come with it) or a
@@ -148,7 +150,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
 
     if cache and n * h * w * 3 <= cache_budget_mb * 2**20:
         what = f"decoding {split_or_paths.name}" if scanned else "decoding"
-        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what)
+        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what, interpolation=interpolation)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
             paths, labels = _drop_bad(paths, labels, set(errors), training, "decoded")
@@ -182,7 +184,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
                  f"cache budget: decoding them again every epoch (raise cache_budget_mb to cache)")
 
         def decode(path):
-            return read_image(path.decode(), (h, w), resize_mode)
+            return read_image(path.decode(), (h, w), resize_mode, interpolation)
 
         def load(path):
             img = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

@@ -109,7 +109,7 @@ def export_models(
     parity_paths, calibration_paths = _split_images(paths, parity_images, calibration_images, seed)
     if calibration_given:
         calibration_paths = _split_images(calibration_given, 0, calibration_images, seed)[1]
-    pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
+    pixels = _load_pixels(parity_paths, loaded.info) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
     keras_runtime = _keras_runtime(loaded)
     reference = _probs(keras_runtime, loaded.info, pixels)
     keras_latency = _latency_ms(keras_runtime, loaded.info) if measure else None
@@ -409,10 +409,11 @@ def _split_images(paths: list[Path], n_parity: int, n_cal: int, seed: int):
     return sorted(parity), calibration
 
 
-def _load_pixels(paths: Sequence[Path], size) -> np.ndarray:
+def _load_pixels(paths: Sequence[Path], info: ModelInfo) -> np.ndarray:
+    """Real photos fitted to the input as the model's contract says (resize mode, interpolation)."""
     from ..data.images import read_image
 
-    return np.stack([read_image(p, size, "stretch") for p in paths])
+    return np.stack([read_image(p, info.input_size, info.resize, info.interpolation) for p in paths])
 
 
 def _synthetic(size, n: int, seed: int) -> np.ndarray:
@@ -431,7 +432,7 @@ def _synthetic(size, n: int, seed: int) -> np.ndarray:
 def _representative(paths: Sequence[Path], info: ModelInfo):
     def gen():
         for i in range(0, len(paths)):
-            x = scale_pixels_np(_load_pixels([paths[i]], info.input_size), info.preprocessing)
+            x = scale_pixels_np(_load_pixels([paths[i]], info), info.preprocessing)
             yield [x.astype(np.float32)]
 
     return gen
