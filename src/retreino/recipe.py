@@ -133,7 +133,7 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
     recorder.on_epoch_begin(0)
     recorder.t0 = t0
     recorder.on_epoch_end(0, logs)
-    say_line = (f"Linear probe: logistic regression on {len(ty):,} pooled feature vectors"
-                f"{' (each photo also mirrored)' if cfg.augment.horizontal_flip else ''}, C={c:g} chosen on validation: "
-                f"val_accuracy {logs['val_accuracy']:.3f}, val_loss {logs['val_loss']:.4f} ({time.monotonic() - t0:.0f} s)")
-    trainer.printer(say_line)
+    mirrored = " (each photo also mirrored)" if cfg.augment.horizontal_flip else ""
+    trainer.printer(f"Linear probe: logistic regression on {len(ty):,} pooled feature vectors{mirrored}, C={c:g} chosen "
+                    f"on validation: val_accuracy {logs['val_accuracy']:.3f}, val_loss {logs['val_loss']:.4f} "
+                    f"({time.monotonic() - t0:.0f} s)")
