@@ -42,7 +42,8 @@ def crop_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("crop")
     data = cats_vs_dogs_subset(root / "data", train=10, validation=5, test=5)
     return train(model="mobilenet_v2", weights=str(MOBILENET_WEIGHTS), data=str(data), epochs=1,
-                 runs_dir=str(root / "runs"), name="crop", resize="crop", accelerate="off", augment=AugmentConfig.off(), printer=None)
+                 runs_dir=str(root / "runs"), name="crop", resize="crop", accelerate="off",
+                 augment=AugmentConfig.off(), printer=None)
 
 
 @pytest.mark.slow

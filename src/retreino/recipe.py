@@ -135,5 +135,5 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
     recorder.on_epoch_end(0, logs)
     mirrored = " (each photo also mirrored)" if cfg.augment.horizontal_flip else ""
     trainer.printer(f"Linear probe: logistic regression on {len(ty):,} pooled feature vectors{mirrored}, "
-                    f"C={c:g} chosen on validation: val_accuracy {logs['val_accuracy']:.3f}, val_loss {logs['val_loss']:.4f} "
-                    f"({time.monotonic() - t0:.0f} s)")
+                    f"C={c:g} chosen on validation: val_accuracy {logs['val_accuracy']:.3f}, "
+                    f"val_loss {logs['val_loss']:.4f} ({time.monotonic() - t0:.0f} s)")
