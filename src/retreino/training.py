@@ -1,7 +1,8 @@
 """Fine-tuning: the notebook's recipe as a resumable run that writes a run directory.
 
-Phases: an optional head-only warm-up (only when the head is new: a random head's large
-gradients would otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
+Phases: when the head is new, a linear probe fitted on the frozen features (`recipe.py`; or the
+old head-only warm-up epochs with `head_init="warmup"`: a random head's large gradients would
+otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
 N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best-model checkpoint.
 """
 from __future__ import annotations
@@ -91,9 +92,9 @@ def train(
     `resume=runs/<name>` continues an interrupted run to the same epoch count.
     `callbacks` are extra Keras callbacks (e.g. a tuner's pruning callback), run after retreino's own.
 
-    >>> run = train(model=MODEL, data=DATA, epochs=1, warmup_epochs=1, runs_dir=RUNS, printer=None)
+    >>> run = train(model=MODEL, data=DATA, epochs=1, runs_dir=RUNS, printer=None)
     >>> [row["phase"] for row in run.history], run.best_model.class_names
-    (['warmup', 'finetune'], ['cats', 'dogs'])
+    (['linear-probe', 'finetune'], ['cats', 'dogs'])
     """
     printer = printer or (lambda *args, **kwargs: None)  # printer=None: a quiet run
     if resume is not None:
@@ -116,6 +117,10 @@ class _Trainer:
         from .data import load_dataset
 
         cfg = self.cfg
+        from .recipe import HEAD_INITS
+
+        if cfg.head_init not in HEAD_INITS:
+            raise RetreinoError(f"unknown head initialisation {cfg.head_init!r}: use {' or '.join(HEAD_INITS)}")
         keras.utils.set_random_seed(cfg.seed)
         self.dataset = load_dataset(
             cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
