@@ -21,10 +21,13 @@ def retrained(retrained_run):
 
 
 @pytest.fixture(scope="module")
-def held_out_pixels():
+def held_out_pixels(retrained):
+    """The held-out photos fitted as the model's contract says (center crop for this TM-based model),
+    as the export's own parity check reads them."""
     from retreino.data.images import read_image
 
-    return np.stack([read_image(p, (224, 224)) for p in held_out_images()])
+    info = retrained.info
+    return np.stack([read_image(p, (224, 224), info.resize, info.interpolation) for p in held_out_images()])
 
 
 @pytest.fixture(scope="module")

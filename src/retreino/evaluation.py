@@ -400,7 +400,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
         pos = 0
         for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
                                                             resize_mode or predictor.resize_mode, batch_size,
-                                                            workers):
+                                                            workers, interpolation=predictor.interpolation):
             if ok:
                 full = predictor.predict_pixels_full(pixels)
                 probs.append(full["probabilities"])

@@ -276,7 +276,7 @@ def measure_ood(predictor, folder, in_scores, in_probs, in_labels, batch_size: i
     paths = find_images(folder)
     out_scores, out_probs = [], []
     for _, pixels, ok, _ in iter_decoded_batches(paths, predictor.info.input_size, predictor.resize_mode, batch_size,
-                                                 workers):
+                                                 workers, interpolation=predictor.interpolation):
         if ok:
             full = predictor.predict_pixels_full(pixels)
             out_scores.append(full["unknown_score"])

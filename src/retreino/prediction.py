@@ -172,7 +172,8 @@ def _pixels(image, predictor) -> np.ndarray:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         image = Image.fromarray(arr)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
-        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode), dtype=np.uint8)
+        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode,
+                                 predictor.interpolation), dtype=np.uint8)
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise DataError(f"{image}: no such file")
     return predictor.load_pixels(image)
@@ -214,9 +215,9 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     raise DataError(f"{text}: no such file, folder or pattern")
 
 
-def _decode(path, size, mode):
+def _decode(path, size, mode, interpolation="bilinear"):
     try:
-        return read_image(path, size, mode), None
+        return read_image(path, size, mode, interpolation), None
     except DataError as exc:
         return None, str(exc)
     except Exception as exc:  # one bad file must never stop a run over thousands
@@ -224,7 +225,7 @@ def _decode(path, size, mode):
 
 
 def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "stretch", batch_size: int = 32,
-                         workers: int | None = None, prefetch: int = 3) -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
+                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear") -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
     """Yield (paths, pixels of the readable ones, their positions in the batch, per-path error or None).
 
     At most `prefetch` batches are decoded ahead of the consumer, so memory is bounded by
@@ -235,7 +236,7 @@ def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "st
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retreino-decode") as pool:
         def submit(chunk):
-            pending.append((chunk, [pool.submit(_decode, p, size, mode) for p in chunk]))
+            pending.append((chunk, [pool.submit(_decode, p, size, mode, interpolation) for p in chunk]))
 
         try:
             for chunk in chunks:
@@ -287,7 +288,8 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
         bar = _progress(total=len(files), desc="predicting", unit="img")
     try:
         for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
-                                                             resize_mode or predictor.resize_mode, batch_size, workers):
+                                                             resize_mode or predictor.resize_mode, batch_size, workers,
+                                                             interpolation=predictor.interpolation):
             full = predictor.predict_pixels_full(pixels) if len(ok) else None
             probs = full["probabilities"] if full else np.zeros((0, len(display)), np.float32)
             scores = full["unknown_score"] if full else None

@@ -15,6 +15,8 @@ OPTIONS = {
     "--unfreeze": ("unfreeze", int, f"train the last N layers with weights of the flattened model (default {_D.unfreeze})"),
     "--batch-size": ("batch_size", int, f"(default {_D.batch_size})"),
     "--warmup-epochs": ("warmup_epochs", int, f"head-only epochs when the head is new; 0 turns it off (default {_D.warmup_epochs})"),
+    "--head-init": ("head_init", str, "a new head starts as: linear-probe (default: logistic regression on the frozen "
+                    "features, then fine-tuning) | warmup (--warmup-epochs head-only epochs, the old way)"),
     "--warmup-lr": ("warmup_learning_rate", float, f"(default {_D.warmup_learning_rate:g})"),
     "--dropout": ("dropout", float, "dropout before a new head (default 0)"),
     "--class-weight": ("class_weight", str, "'balanced' weighs classes by inverse frequency"),
@@ -24,7 +26,7 @@ OPTIONS = {
     "--val-split": ("val_split", float, f"validation fraction when there is no validation/ folder (default {_D.val_split})"),
     "--test-split": ("test_split", float, f"test fraction when there is no test/ folder (default {_D.test_split})"),
     "--labels": ("labels_csv", str, "CSV of filename,label (default: labels.csv in the data folder)"),
-    "--resize": ("resize", str, "stretch (default, as the notebook) | crop | pad"),
+    "--resize": ("resize", str, "stretch | crop | pad (default: the model's own, e.g. crop for Teachable Machine; saved with the model)"),
     "--weights": ("weights", str, "weights file for a backbone name"),
     "--input-range": ("input_range", str, "override the model's input scaling: -1,1 | 0,1 | 0,255 | caffe | torch"),
     "--name": ("name", str, "run name (default: <data>-<model>)"),

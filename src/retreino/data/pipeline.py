@@ -34,7 +34,8 @@ from .sources import Split, _list_paths  # noqa: E402
 LABEL_MODES = ("categorical", "binary", "int", None)
 
 
-def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding", out=None):
+def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding", out=None,
+                 interpolation: str = "bilinear"):
     """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
 
     `out` is an array to decode into (a memory-mapped spill file), else one is allocated in memory.
@@ -49,7 +50,7 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
     def one(i):
         i = int(i)
         try:
-            return read_image(paths[i], (h, w), resize_mode)
+            return read_image(paths[i], (h, w), resize_mode, interpolation)
         except DataError as exc:
             errors[i] = str(exc)
             return np.zeros((h, w, 3), np.uint8)
@@ -84,14 +85,14 @@ def spill_array(n: int, h: int, w: int):
     return np.memmap(fh, dtype=np.uint8, mode="r+", shape=(n, h, w, 3))
 
 
-def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch") -> np.ndarray:
+def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch", interpolation: str = "bilinear") -> np.ndarray:
     """Decode and resize every file into one uint8 array (N, H, W, 3), in order, in parallel.
 
     Raises DataError naming the files that cannot be decoded.
     """
     paths = [str(p) for p in paths]
     _check_resize(resize_mode)
-    images, errors = _decode_many(paths, tuple(image_size), resize_mode)
+    images, errors = _decode_many(paths, tuple(image_size), resize_mode, interpolation=interpolation)
     if errors:
         first = next(iter(errors.values()))
         raise DataError(f"{len(errors)} image(s) cannot be decoded: {first}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
@@ -121,7 +122,8 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
                   batch_size: int = 32, training: bool = False, augment: AugmentConfig | None = None,
                   num_classes: int | None = None, label_mode: str | None = "categorical",
                   resize_mode: str = "stretch", cache: bool = True, cache_budget_mb: float = 2048,
-                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False) -> tf.data.Dataset:
+                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False,
+                  interpolation: str = "bilinear") -> tf.data.Dataset:
     """A `tf.data.Dataset` of (float32 images (B, H, W, 3) scaled for the model, labels).
 
     `split_or_paths` is a `Split` from `load_dataset` (labels and class count come with it) or a
@@ -173,7 +175,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
                  f"cache budget: caching them in a memory-mapped file on disk instead")
         images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
-                                      out=None if fits else spill_array(n, h, w))
+                                      out=None if fits else spill_array(n, h, w), interpolation=interpolation)
         rows = np.arange(n)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
@@ -202,7 +204,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:  # cache=False: decode the files again every epoch (prediction, check-data: one pass)
         def decode(path):
-            return read_image(path.decode(), (h, w), resize_mode)
+            return read_image(path.decode(), (h, w), resize_mode, interpolation)
 
         def load(path):
             img = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

@@ -114,7 +114,7 @@ def export_models(
 
     if parity_paths:
         status(f"decoding {len(parity_paths)} parity images ...")
-    pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
+    pixels = _load_pixels(parity_paths, loaded.info) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
     status(f"reference probabilities from Keras on {len(pixels)} images ...")
     keras_predictor = _keras_predictor(loaded)
     reference = _probs(keras_predictor, pixels)
@@ -454,10 +454,11 @@ def _split_images(paths: list[Path], n_parity: int, n_cal: int, seed: int):
     return sorted(parity), calibration
 
 
-def _load_pixels(paths: Sequence[Path], size) -> np.ndarray:
+def _load_pixels(paths: Sequence[Path], info: ModelInfo) -> np.ndarray:
+    """Real photos fitted to the input as the model's contract says (resize mode, interpolation)."""
     from ..data.images import read_image
 
-    return np.stack([read_image(p, size, "stretch") for p in paths])
+    return np.stack([read_image(p, info.input_size, info.resize, info.interpolation) for p in paths])
 
 
 def _synthetic(size, n: int, seed: int) -> np.ndarray:
@@ -476,7 +477,7 @@ def _synthetic(size, n: int, seed: int) -> np.ndarray:
 def _representative(paths: Sequence[Path], info: ModelInfo):
     def gen():
         for i in range(0, len(paths)):
-            x = scale_pixels_np(_load_pixels([paths[i]], info.input_size), info.preprocessing)
+            x = scale_pixels_np(_load_pixels([paths[i]], info), info.preprocessing)
             yield [x.astype(np.float32)]
 
     return gen

@@ -81,6 +81,7 @@ class Predictor:
         self.backend = backend
         self.runtime = backend.name
         self.resize_mode = resize_mode or resize_mode_of(self.info)
+        self.interpolation = getattr(self.info, "interpolation", None) or "bilinear"
         self._attach_unknown()
 
     @classmethod
@@ -128,7 +129,7 @@ class Predictor:
             self.unknown = None  # an export made without the features output (tflite-int8): no unknown answers
 
     def load_pixels(self, source) -> np.ndarray:
-        return read_image(source, self.info.input_size, self.resize_mode)
+        return read_image(source, self.info.input_size, self.resize_mode, self.interpolation)
 
     def predict_images(self, sources: Sequence, batch_size: int = 32) -> np.ndarray:
         """Paths, bytes or file objects -> (N, classes) probabilities, in batches."""

@@ -32,6 +32,10 @@ class ModelInfo:
     backbone: str | None = None
     keras_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    # How a photo is fitted to input_size (see retreino.data.images.resize), part of the model's
+    # contract like the input range: a Teachable Machine export expects TM's center crop.
+    resize: str = "stretch"  # stretch | crop | pad
+    interpolation: str = "bilinear"  # bilinear | lanczos | bicubic | nearest
     temperature: float | None = None  # temperature scaling fitted on validation (retreino.calibration)
     unknown: dict[str, Any] | None = None  # out-of-distribution detector: method, threshold, file (retreino.ood)
 

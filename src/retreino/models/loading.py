@@ -141,6 +141,10 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         class_names=class_names,
         preprocessing="tf" if is_tm else None,
     )
+    if is_tm:
+        # Teachable Machine's own "Keras" code snippet fits photos with a center crop:
+        # ImageOps.fit(image, (224, 224), Image.Resampling.LANCZOS).
+        info.resize, info.interpolation = "crop", "lanczos"
     saved = read_metadata(path)
     if saved is not None:  # a Keras 2 H5 written by `retreino export`: labels and scaling recorded
         saved.source = str(path)
@@ -272,6 +276,10 @@ def _load_backbone(name: str, weights) -> LoadedModel:
         head="features",
         class_names=None,
         backbone=name,
+        # Keras' own image loading for these backbones (image_dataset_from_directory, the
+        # transfer-learning guide) resizes the whole photo, bilinear, without keeping its aspect.
+        resize="stretch",
+        interpolation="bilinear",
     )
     return LoadedModel(model, info)
 

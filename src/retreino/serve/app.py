@@ -49,7 +49,7 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     max_queue: int = 512  # images waiting for the model before new requests get 503
     decode_threads: int = max(2, min(8, os.cpu_count() or 2))
-    resize_mode: str = "stretch"
+    resize_mode: str | None = None  # None: the model's own (ModelInfo.resize)
     unknown: bool = True  # answer "unknown" below the model's detector threshold (when it has one)
 
     @property
@@ -285,7 +285,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
             raise UploadError(503, "busy", f"{batcher.pending} images are waiting for the model: retry in a moment")
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(decoder, _decode, predictor, u.data, settings.resize_mode) for u in uploads),
+            *(loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode) for u in uploads),
             return_exceptions=True,
         )
         for upload, result in zip(uploads, decoded):
@@ -308,7 +308,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
 def _decode(predictor, data: bytes, resize_mode: str) -> np.ndarray:
     from ..data.images import read_image
 
-    return read_image(data, predictor.info.input_size, resize_mode)
+    return read_image(data, predictor.info.input_size, resize_mode, getattr(predictor, "interpolation", "bilinear"))
 
 
 def _prediction(filename: str, probs: np.ndarray, classes: list[str]) -> dict:
