@@ -21,12 +21,17 @@ from pathlib import Path
 
 from ..errors import RetreinoError
 from ..export.tfjs_page import has_page, missing_bundles_message, write_page
-from .app import PAGE_CSP
 from .server import bind_socket, is_loopback
 
+# Everything comes from this server (no CDN, no upload). 'unsafe-eval' because the npm bundle of
+# @teachablemachine/image 0.8.5 is a webpack eval build: each of its modules is an eval() string
+# (Chromium: "EvalError ... at ./node_modules/seedrandom/seedrandom.js (teachablemachine-image.min.js)").
+BROWSER_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self' 'unsafe-eval'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
 SECURITY_HEADERS = {
-    # The model files and scripts come from this server; TF.js needs nothing else (no eval, no CDN).
-    "content-security-policy": PAGE_CSP,
+    "content-security-policy": BROWSER_CSP,
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
