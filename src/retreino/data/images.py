@@ -27,6 +27,10 @@ def open_image(source):
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     name = source if isinstance(source, (str, Path)) else "image"
+    if isinstance(source, (str, Path)):
+        from ..safety import check_image_file
+
+        check_image_file(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
