@@ -114,7 +114,7 @@ def test_train_from_a_tfjs_download_and_export_back(tmp_path, capsys):
     assert trained.class_names == ["cats", "dogs"] and trained.info.preprocessing == "tf"
     capsys.readouterr()
     assert main(["evaluate", str(TFJS_EXPORTS["masks"]), "--data", str(data / "test"), "--names",
-                 "cats=노마스크,dogs=마스크", "--json"]) == 0
+                 "cats=노마스크,dogs=마스크", "--out", str(tmp_path / "eval"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert 0 <= report["accuracy"] <= 1
     photo = sorted((data / "test" / "cats").iterdir())[0]
