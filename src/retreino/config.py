@@ -85,6 +85,10 @@ class TrainConfig:
     runs_dir: str = "runs"
     name: str | None = None
 
+    # Tracking (optional extras): TensorBoard event files in the run directory, an MLflow URI.
+    tensorboard: bool = False
+    mlflow: str | None = None  # tracking URI; the CLI's bare --mlflow means a local "mlruns" file store
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
