@@ -38,7 +38,7 @@ def keras_probs(retrained, held_out_pixels):
 
 
 def test_every_export_has_labels_metadata_and_its_model_file(retrained_exports, retrained_run):
-    assert set(retrained_exports) == {"keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx"}
+    assert set(retrained_exports) == {"keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs"}
     for fmt, result in retrained_exports.items():
         assert result.folder == retrained_run / "exports" / fmt
         assert (result.folder / "labels.txt").read_text() == "0 cats\n1 dogs\n"

@@ -35,7 +35,7 @@ from ..models.info import LoadedModel, ModelInfo, labels_text
 from ..preprocessing import scale_pixels_np
 from .keras2_h5 import ExportError, write_keras2_h5
 
-FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
+FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs")
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
 PARITY_IMAGES = 100
@@ -96,6 +96,10 @@ def export_models(
             from .keras2_h5 import keras2_config
 
             keras2_config(loaded.model, fmt=fmt)
+        if fmt == "tfjs":
+            from .tfjs import check_tfjs
+
+            check_tfjs(loaded)
 
     root = Path(out) if out is not None else exports_folder(loaded.info.source)
     folders = {fmt: (root if (out is not None and len(formats) == 1) else root / fmt) for fmt in formats}
@@ -278,6 +282,20 @@ def _write_onnx(loaded, folder: Path, ws, *, meta, calibration):
     write_bytes(path, model.SerializeToString())
 
 
+def _write_tfjs(loaded, folder: Path, ws, *, meta, calibration):
+    """model.json + weights.bin + metadata.json (export/tfjs.py) and the in-browser page (export/tfjs_page.py)."""
+    from .tfjs import write_tfjs
+    from .tfjs_page import missing_bundles_message, write_page
+
+    write_tfjs(loaded, folder)
+    _, versions = write_page(folder)
+    meta["export"]["page_scripts"] = versions
+    if not versions:
+        from ..console import info
+
+        info(f"note: {missing_bundles_message()}")
+
+
 _WRITERS = {
     "keras": _write_keras,
     "h5": _write_keras2("model.h5", "h5"),
@@ -286,6 +304,7 @@ _WRITERS = {
     "tflite": _write_tflite(False),
     "tflite-int8": _write_tflite(True),
     "onnx": _write_onnx,
+    "tfjs": _write_tfjs,
 }
 
 

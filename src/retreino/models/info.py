@@ -12,6 +12,8 @@ HEAD_TYPES = ("softmax", "sigmoid", "logits", "features")
 
 FORMAT_NAMES = {
     "teachable-machine": "Teachable Machine export (Keras 2 H5, rebuilt for Keras 3)",
+    "teachable-machine-tfjs": "Teachable Machine export (TensorFlow.js, rebuilt for Keras 3)",
+    "tfjs": "TensorFlow.js Layers model (rebuilt for Keras 3)",
     "keras2-h5": "Keras 2 legacy H5 (rebuilt for Keras 3)",
     "keras3-h5": "Keras 3 H5",
     "keras": "Keras 3 .keras archive",
