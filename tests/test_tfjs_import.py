@@ -47,7 +47,7 @@ def test_metadata_classes_and_contract():
     for m in (leaves, masks):
         assert m.info.format == "teachable-machine-tfjs"
         assert m.info.input_size == (224, 224) and m.info.preprocessing == "tf" and m.info.head == "softmax"
-        assert any("--resize crop" in n for n in m.info.notes)
+        assert m.info.resize == "crop"  # TM's page center-crops: the contract travels with the model
     assert leaves.info.keras_version == "tfjs-layers 1.7.4"
 
 
