@@ -787,3 +787,23 @@ def test_a_weights_file_with_an_external_link_is_refused_before_the_backbone_is_
     with pytest.raises(UnsafeModelError) as err:
         load_model("mobilenet_v2", weights=weights)
     _one_line(err.value, "evil.weights.h5", "external storage")
+
+
+def test_a_file_that_vanishes_after_the_scan_is_one_warning_on_the_streaming_path(tmp_path, capfd):
+    from retreino import load_dataset
+    from retreino.data.pipeline import make_pipeline
+
+    root = tmp_path / "data"
+    for i, src in enumerate(real_images("train", "cats", 3) + real_images("train", "dogs", 3)):
+        d = root / ("cats" if i < 3 else "dogs")
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, d / src.name)
+    ds = load_dataset(root, val_split=0.0, test_split=0.0, warn=False)
+    pipe = make_pipeline(ds.train, image_size=(32, 32), batch_size=8, training=True, cache=False, shuffle=False)
+    gone = Path(ds.train.paths[0])
+    gone.unlink()
+    for _ in range(2):  # two epochs: still one warning
+        seen = sum(int(x.shape[0]) for x, _ in pipe)
+        assert seen == 5
+    err = capfd.readouterr().err
+    assert err.count("vanished or changed since the data was scanned") == 1 and str(gone) in err, err

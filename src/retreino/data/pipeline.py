@@ -181,8 +181,22 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
                  f"cache budget: decoding them again every epoch (raise cache_budget_mb to cache)")
 
+        vanished: set[str] = set()
+
         def decode(path):
-            return read_image(path.decode(), (h, w), resize_mode)
+            try:
+                return read_image(path.decode(), (h, w), resize_mode)
+            except Exception as exc:
+                # Passed the scan, fails now: deleted or rewritten since. Say so once per file, then
+                # let ignore_errors() drop it (training) or the error end evaluation.
+                name = path.decode()
+                if training and name not in vanished:
+                    from ..console import warn
+
+                    vanished.add(name)
+                    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                    warn(f"{name} vanished or changed since the data was scanned ({reason}); skipped")
+                raise
 
         def load(path):
             img = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
