@@ -807,3 +807,21 @@ def test_a_file_that_vanishes_after_the_scan_is_one_warning_on_the_streaming_pat
         assert seen == 5
     err = capfd.readouterr().err
     assert err.count("vanished or changed since the data was scanned") == 1 and str(gone) in err, err
+
+
+def test_a_client_hanging_up_mid_upload_is_one_log_line(serve_server):
+    import socket
+    import time
+
+    host, port = serve_server.url.rsplit("/", 1)[1].split(":")
+    before = len(serve_server.log)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+                  "Content-Length: 500000\r\n\r\n--xx\r\nContent-Disposition: form-data; name=\"files\"; "
+                  "filename=\"a.jpg\"\r\n\r\n".encode() + b"\xff\xd8" * 1000)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "disconnected during POST /predict" not in serve_server.log[before:]:
+        time.sleep(0.2)
+    new = serve_server.log[before:]
+    assert new.count("disconnected during POST /predict") == 1 and "Traceback" not in new, new
