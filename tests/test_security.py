@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import WATER_BOTTLES, real_images
+
 from retreino.errors import ModelLoadError, UnsafeModelError
 
 SECRET = b"TOP-SECRET-LINE-0123456789abcdef\n" * 64
