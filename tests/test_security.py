@@ -825,3 +825,31 @@ def test_a_client_hanging_up_mid_upload_is_one_log_line(serve_server):
         time.sleep(0.2)
     new = serve_server.log[before:]
     assert new.count("disconnected during POST /predict") == 1 and "Traceback" not in new, new
+
+
+@pytest.mark.slow
+def test_an_upload_that_stalls_is_timed_out(monkeypatch):
+    """A client that stops sending mid-body gets 408 after RETREINO_BODY_TIMEOUT_S, and the server stays up."""
+    import socket
+    import time
+
+    import httpx
+    from test_serve import SERVER_ARGS, start_server
+
+    monkeypatch.setenv("RETREINO_BODY_TIMEOUT_S", "1")
+    server = start_server(*SERVER_ARGS)
+    try:
+        host, port = server.url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
+                      "Content-Length: 100000\r\n\r\n".encode() + b"\xff\xd8" * 100)
+            started = time.monotonic()
+            answer = s.recv(4096).decode("latin-1")
+            waited = time.monotonic() - started
+            while "request_timeout" not in answer and (more := s.recv(4096)):
+                answer += more.decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer, answer
+        print(f"\nstalled upload answered 408 after {waited:.1f} s")
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.stop()
