@@ -31,7 +31,7 @@ from .callbacks import (  # noqa: E402
 )
 from .config import TrainConfig  # noqa: E402
 from .console import info as say  # noqa: E402
-from .console import table  # noqa: E402
+from .console import set_resume_command, status, table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
@@ -177,6 +177,7 @@ class _Trainer:
                 return train_ds, val_ds, None
             cache_train = not augmenting and acc.fits(len(self.dataset.train))
             train_ds, val_ds = self.pipelines(ordered_train=cache_train)
+            status("Speed: converting the frozen front of the network and caching its outputs ...")
             acc.start(next(iter(val_ds))[0].numpy())
             self.printer(acc.describe())
             train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)
@@ -249,6 +250,7 @@ class _Trainer:
         state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
         runs.write_state(self.run_dir, state)
         self.printer(f"Run directory: {self.run_dir}")
+        set_resume_command(f"retreino train --resume {self.run_dir}")  # for the CLI's "interrupted" line
         return self.fit(state, history=[], resume_model=None)
 
     def fit(self, state: dict, history: list, resume_model) -> Run:
@@ -455,6 +457,7 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, hist
         resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
     printer(f"Resuming {run_dir} after epoch {state['epoch']}")
+    set_resume_command(f"retreino train --resume {run_dir}")
     return trainer.fit(state, history, resume_model)
 
 

@@ -82,6 +82,9 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
+    from ..console import status
+
+    status("loading TensorFlow and Keras ...")  # 5-20 s on a busy machine, before any other line
     from ..training import train
 
     if args.resume:

@@ -72,6 +72,12 @@ def _model_in_folder(folder: Path) -> Path:
     for name in FOLDER_MODELS:
         if (folder / name).is_file():
             return folder / name
+    if (folder / "config.json").is_file() and (folder / "state.json").is_file():
+        # A run directory with no checkpoint: training stopped before its first epoch ended.
+        raise ModelLoadError(
+            f"{folder} holds no model file: this run never finished an epoch (it was stopped or failed before "
+            f"its first checkpoint). Continue it with `retreino train --resume {folder}`, or train again"
+        )
     raise ModelLoadError(f"{folder} holds no model file (looked for {', '.join(FOLDER_MODELS)})")
 
 

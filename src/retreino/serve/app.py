@@ -147,6 +147,9 @@ _ERRORS = {
 def model_name(source: str) -> str:
     """A short display name: the folder for Teachable Machine exports (all named keras_model.h5)."""
     p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    if folder.parent.name == "exports" and folder.parent.parent.name:  # runs/cats/exports/onnx -> "cats (onnx)"
+        return f"{folder.parent.parent.name} ({folder.name})"
     if p.is_dir():
         return p.name
     if p.stem in ("keras_model", "model", "saved_model") and p.parent.name:
