@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import real_images
+from conftest import link_or_copy, real_images
 
 FLOAT_TOLERANCE = 1e-4  # retreino.export.FLOAT_TOLERANCE, the parity check an export passed
 HEAVY = ("tensorflow", "keras", "tf_keras")
@@ -65,10 +64,7 @@ def labelled(tmp_path_factory, images) -> Path:
     root = tmp_path_factory.mktemp("labelled")
     for p in images:
         (root / p.parent.name).mkdir(exist_ok=True)
-        try:  # hard links: a symlink out of a data folder is refused (docs/security.md)
-            os.link(p, root / p.parent.name / p.name)
-        except OSError:
-            shutil.copy(p, root / p.parent.name / p.name)
+        link_or_copy(p, root / p.parent.name / p.name)
     return root
 
 

@@ -189,6 +189,10 @@ class EvaluationResult:
         self.plot_confusion_matrix()
         self.plot_scatter()
         self.plot_misclassified()
+        if self.metrics.get("calibration"):
+            from .calibration import reliability_figure
+
+            self._save(reliability_figure(self.metrics["calibration"]), None, "reliability.png")
         return out
 
     def summary(self) -> str:
@@ -322,7 +326,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
              out: str | os.PathLike | None = None, split: str = "auto", labels_csv: str | os.PathLike | None = None,
              names: str | Mapping[str, str] | None = None, batch_size: int = 32, runtime: str = DEFAULT_RUNTIME,
              resize_mode: str | None = None, workers: int | None = None, progress: bool = True,
-             report: bool = True) -> EvaluationResult:
+             report: bool = True, ood: str | os.PathLike | None = None) -> EvaluationResult:
     """Score a model on labelled images; write the metrics, report and plots when there is somewhere to.
 
     - `evaluate(model, "data/")`: a folder of class sub-folders (all its images), or a dataset with
@@ -384,6 +388,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     kept_paths: list[str] = []
     kept_y: list[int] = []
     probs: list[np.ndarray] = []
+    raw_probs: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     bar = None
     if progress:
@@ -394,9 +400,13 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
         pos = 0
         for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
                                                             resize_mode or predictor.resize_mode, batch_size,
-                                                            workers):
+                                                            workers, interpolation=predictor.interpolation):
             if ok:
-                probs.append(predictor.predict_pixels(pixels))
+                full = predictor.predict_pixels_full(pixels)
+                probs.append(full["probabilities"])
+                raw_probs.append(full["raw"])
+                if full["unknown_score"] is not None:
+                    scores.append(full["unknown_score"])
             for i, path in enumerate(chunk):
                 if errs[i] is None:
                     kept_paths.append(str(path))
@@ -424,6 +434,15 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
         "runtime": predictor.runtime,
         "errors": len(errors),
     })
+    if len(y):
+        from .calibration import calibration_metrics
+
+        metrics["calibration"] = calibration_metrics(np.concatenate(raw_probs), y, predictor.info.temperature)
+    if ood is not None:
+        from .ood import measure_ood
+
+        metrics["ood"] = measure_ood(predictor, ood, np.concatenate(scores) if scores else None, P, y,
+                                     batch_size=batch_size, workers=workers)
     result = EvaluationResult(
         metrics=metrics,
         classification_report=format_classification_report(y, P, model_classes),

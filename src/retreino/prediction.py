@@ -23,6 +23,7 @@ import numpy as np
 from . import safety
 from .data.images import IMAGE_EXTENSIONS, read_image
 from .errors import DataError, RetreinoError
+from .ood import UNKNOWN_LABEL
 from .inference.exports import DEFAULT_RUNTIME
 
 # --------------------------------------------------------------------------- models and names
@@ -98,6 +99,10 @@ class Prediction:
     top: list[tuple[str, float]]
     probabilities: dict[str, float]
     source: str | None = None
+    unknown: bool = False  # the unknown detector rejected the image: class_name is "unknown"
+    would_say: str | None = None  # the class the model would have answered
+    unknown_score: float | None = None  # higher = more like the training images
+    unknown_threshold: float | None = None
 
     @property
     def label(self) -> str:
@@ -107,7 +112,11 @@ class Prediction:
         names = [n for n, _ in self.top]
         pcts = [f"{p * 100:.1f}%" for _, p in self.top]
         w, pw = max(map(len, names)), max(map(len, pcts))
-        return "\n".join(f"{n.ljust(w)}  {q.rjust(pw)}" for n, q in zip(names, pcts))
+        lines = "\n".join(f"{n.ljust(w)}  {q.rjust(pw)}" for n, q in zip(names, pcts))
+        if self.unknown:
+            return (f"unknown (score {self.unknown_score:.4g} < threshold {self.unknown_threshold:.4g}; "
+                    f"it would have said {self.would_say})\n{lines}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +125,9 @@ class Prediction:
             "confidence": self.confidence,
             "top": [{"class": n, "probability": p} for n, p in self.top],
             "probabilities": self.probabilities,
+            "unknown": self.unknown,
+            "would_say": self.would_say,
+            "unknown_score": self.unknown_score,
         }
 
 
@@ -125,7 +137,7 @@ def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, flo
 
 
 def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Sequence[str] | None = None,
-            runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None) -> Prediction:
+            runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, unknown: bool = True) -> Prediction:
     """Classify one image: a path, bytes, a PIL image or uint8 pixels (H, W, 3).
 
     `model` is a LoadedModel, a Predictor or a path (run directory, .keras, Teachable Machine folder).
@@ -137,10 +149,16 @@ def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Seque
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
     pixels = _pixels(image, predictor)
-    probs = predictor.predict_pixels(pixels[None])[0]
+    full = predictor.predict_pixels_full(pixels[None])
+    probs = full["probabilities"][0]
     top = _top(probs, display, top_k)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None
-    return Prediction(top[0][0], top[0][1], top, {n: float(p) for n, p in zip(display, probs)}, source)
+    p = Prediction(top[0][0], top[0][1], top, {n: float(p) for n, p in zip(display, probs)}, source)
+    if full["unknown_score"] is not None:
+        p.unknown_score, p.unknown_threshold = float(full["unknown_score"][0]), predictor.unknown.threshold
+        if unknown and p.unknown_score < p.unknown_threshold:
+            p.unknown, p.would_say, p.class_name = True, p.class_name, UNKNOWN_LABEL
+    return p
 
 
 def _pixels(image, predictor) -> np.ndarray:
@@ -154,7 +172,8 @@ def _pixels(image, predictor) -> np.ndarray:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         image = Image.fromarray(arr)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
-        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode), dtype=np.uint8)
+        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode,
+                                 predictor.interpolation), dtype=np.uint8)
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise DataError(f"{image}: no such file")
     return predictor.load_pixels(image)
@@ -196,9 +215,9 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     raise DataError(f"{text}: no such file, folder or pattern")
 
 
-def _decode(path, size, mode):
+def _decode(path, size, mode, interpolation="bilinear"):
     try:
-        return read_image(path, size, mode), None
+        return read_image(path, size, mode, interpolation), None
     except DataError as exc:
         return None, str(exc)
     except Exception as exc:  # one bad file must never stop a run over thousands
@@ -206,7 +225,7 @@ def _decode(path, size, mode):
 
 
 def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "stretch", batch_size: int = 32,
-                         workers: int | None = None, prefetch: int = 3) -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
+                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear") -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
     """Yield (paths, pixels of the readable ones, their positions in the batch, per-path error or None).
 
     At most `prefetch` batches are decoded ahead of the consumer, so memory is bounded by
@@ -217,7 +236,7 @@ def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "st
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retreino-decode") as pool:
         def submit(chunk):
-            pending.append((chunk, [pool.submit(_decode, p, size, mode) for p in chunk]))
+            pending.append((chunk, [pool.submit(_decode, p, size, mode, interpolation) for p in chunk]))
 
         try:
             for chunk in chunks:
@@ -256,7 +275,8 @@ def true_class_from_path(path: Path, class_names: Sequence[str], display: Sequen
 def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int = 1,
                         names: str | Mapping[str, str] | Sequence[str] | None = None,
                         runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
-                        progress: bool = True, paths: Sequence[Path] | None = None) -> Iterator[dict[str, Any]]:
+                        progress: bool = True, paths: Sequence[Path] | None = None,
+                        unknown: bool = True) -> Iterator[dict[str, Any]]:
     """Stream one row per image (see `predict_folder`), in file order, as batches complete."""
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
@@ -268,11 +288,18 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
         bar = _progress(total=len(files), desc="predicting", unit="img")
     try:
         for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
-                                                             resize_mode or predictor.resize_mode, batch_size, workers):
-            probs = predictor.predict_pixels(pixels) if len(ok) else np.zeros((0, len(display)), np.float32)
+                                                             resize_mode or predictor.resize_mode, batch_size, workers,
+                                                             interpolation=predictor.interpolation):
+            full = predictor.predict_pixels_full(pixels) if len(ok) else None
+            probs = full["probabilities"] if full else np.zeros((0, len(display)), np.float32)
+            scores = full["unknown_score"] if full else None
             by_pos = dict(zip(ok, probs))
+            score_at = dict(zip(ok, scores)) if scores is not None else {}
             for i, path in enumerate(chunk):
-                yield _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
+                row = _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
+                if i in score_at:
+                    _mark_unknown(row, float(score_at[i]), predictor.unknown.threshold, unknown)
+                yield row
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -291,6 +318,14 @@ def _row(path: Path, probs, error, class_names, display, top_k) -> dict[str, Any
                correct=None if row["true"] is None else row["true"] == top[0][0],
                top=top, probabilities={n: float(p) for n, p in zip(display, probs)}, error=None)
     return row
+
+
+def _mark_unknown(row: dict[str, Any], score: float, threshold: float, enabled: bool) -> None:
+    """Record the unknown score; below the threshold (and enabled) the answer becomes `unknown`."""
+    row.update(unknown_score=score, unknown=False, would_say=None)
+    if enabled and score < threshold:
+        row.update(unknown=True, would_say=row["predicted"], predicted=UNKNOWN_LABEL,
+                   correct=None if row["true"] is None else False)
 
 
 class RowWriter:
@@ -329,6 +364,8 @@ class RowWriter:
                    "confidence": _round(row.get("confidence")),
                    "probabilities": {k: _round(v) for k, v in row.get("probabilities", {}).items()},
                    "error": row.get("error")}
+            if row.get("unknown_score") is not None:
+                rec.update(unknown=row["unknown"], would_say=row["would_say"], unknown_score=_round(row["unknown_score"]))
             if self.top_k > 1:
                 rec["top"] = [{"class": n, "probability": _round(p)} for n, p in row.get("top", [])]
             self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -371,7 +408,8 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
                    runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
                    fmt: str | None = None, progress: bool = True, keep_rows: bool = True, grid_size: int = 36,
                    on_row: Callable[[dict[str, Any]], None] | None = None,
-                   summary: "RowSummary | None" = None, paths: Sequence[Path] | None = None) -> list[dict[str, Any]]:
+                   summary: "RowSummary | None" = None, paths: Sequence[Path] | None = None,
+                   unknown: bool = True) -> list[dict[str, Any]]:
     """Predict every image of a folder (recursive) or glob, in batches, with bounded memory.
 
     Each row holds `path`, `true` (from the parent folder's name when it is a class, else None),
@@ -395,7 +433,7 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
     writer = RowWriter(out, display, top_k, fmt) if out else None
     try:
         for i, row in enumerate(iter_predict_folder(predictor, None, batch_size, top_k, names, runtime, resize_mode,
-                                                    workers, progress, paths=files)):
+                                                    workers, progress, paths=files, unknown=unknown)):
             if writer:
                 writer.write(row)
             if on_row is not None:

@@ -239,6 +239,31 @@ def _metrics_section(metrics: dict | None, history: list[dict], class_report: st
     return "".join(parts)
 
 
+def _calibration_section(run: Path, metrics: dict | None) -> str:
+    """Temperature scaling (ECE before/after, reliability diagram) and `evaluate --ood` rejection."""
+    cal, ood = (metrics or {}).get("calibration"), (metrics or {}).get("ood")
+    if not cal and not ood:
+        return ""
+    parts = ['<section id="calibration-section"><h2>Confidence and unknown</h2>']
+    if cal:
+        parts.append(_table([["temperature", _fmt(cal.get("temperature"))],
+                             ["expected calibration error, raw", _fmt(cal.get("ece_before"))],
+                             ["expected calibration error, temperature-scaled", _fmt(cal.get("ece_after"))]],
+                            ["calibration", "value"]))
+        if (run / "reliability.png").is_file():
+            parts.append(_img(run / "reliability.png", "reliability diagram",
+                              "Accuracy against confidence per bin: on the diagonal, a 90% answer is right 90% of the time."))
+    if ood:
+        rows = [[m, _fmt(r.get("auroc")), _fmt(r.get("ood_rejected"), pct=True), _fmt(r.get("in_rejected"), pct=True),
+                 _fmt(r.get("accuracy_kept"), pct=True)] for m, r in (ood.get("methods") or {}).items()]
+        parts.append(f"<p>Other images: <code>{_e(ood.get('folder'))}</code> ({_e(ood.get('n_ood'))} images); the model "
+                     f"answers with <b>{_e(ood.get('method'))}</b>.</p>")
+        parts.append(_table(rows, ["score", "AUROC", "other images answered unknown", "test images answered unknown",
+                                   "accuracy on the accepted test images"]))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def _dataset_section(cfg: dict | None) -> str:
     data = (cfg or {}).get("data") or {}
     counts: Mapping[str, Mapping[str, int]] = data.get("counts") or {}
@@ -336,6 +361,7 @@ def build_report_html(run: Path) -> str:
     nav = [("metrics-section", "Metrics")]
     sections.append(_summary_cards(metrics, history))
     sections.append(_metrics_section(metrics, history, class_report))
+    sections.append(_calibration_section(run, metrics))
 
     figs = []
     for fname, alt, cap in (

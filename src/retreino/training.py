@@ -1,7 +1,8 @@
 """Fine-tuning: the notebook's recipe as a resumable run that writes a run directory.
 
-Phases: an optional head-only warm-up (only when the head is new: a random head's large
-gradients would otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
+Phases: when the head is new, a linear probe fitted on the frozen features (`recipe.py`; or the
+old head-only warm-up epochs with `head_init="warmup"`: a random head's large gradients would
+otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
 N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best-model checkpoint.
 """
 from __future__ import annotations
@@ -91,9 +92,9 @@ def train(
     `resume=runs/<name>` continues an interrupted run to the same epoch count.
     `callbacks` are extra Keras callbacks (e.g. a tuner's pruning callback), run after retreino's own.
 
-    >>> run = train(model=MODEL, data=DATA, epochs=1, warmup_epochs=1, runs_dir=RUNS, printer=None)
+    >>> run = train(model=MODEL, data=DATA, epochs=1, runs_dir=RUNS, printer=None)
     >>> [row["phase"] for row in run.history], run.best_model.class_names
-    (['warmup', 'finetune'], ['cats', 'dogs'])
+    (['linear-probe', 'finetune'], ['cats', 'dogs'])
     """
     printer = printer or (lambda *args, **kwargs: None)  # printer=None: a quiet run
     if resume is not None:
@@ -116,6 +117,10 @@ class _Trainer:
         from .data import load_dataset
 
         cfg = self.cfg
+        from .recipe import HEAD_INITS
+
+        if cfg.head_init not in HEAD_INITS:
+            raise RetreinoError(f"unknown head initialisation {cfg.head_init!r}: use {' or '.join(HEAD_INITS)}")
         keras.utils.set_random_seed(cfg.seed)
         self.dataset = load_dataset(
             cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
@@ -132,6 +137,8 @@ class _Trainer:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
             self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
             self.loaded = self.prepared.loaded
+        if cfg.resize:  # --resize overrides the model's contract, and the override travels with it
+            self.loaded.info.resize = cfg.resize
         self.info: ModelInfo = self.loaded.info
         head = self.info.head
         self.binary = head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
@@ -146,7 +153,8 @@ class _Trainer:
         cfg, ds, info = self.cfg, self.dataset, self.info
         common = dict(
             image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
-            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=cfg.resize,
+            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=info.resize,
+            interpolation=info.interpolation,
             cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
         )
         augment = cfg.augment if cfg.augment.enabled else None
@@ -221,7 +229,9 @@ class _Trainer:
     def phases(self) -> list[tuple[str, int, float]]:
         cfg = self.cfg
         phases = []
-        if self.new_head and cfg.warmup_epochs > 0:
+        if self.new_head and cfg.head_init == "linear-probe":
+            phases.append(("linear-probe", 1, 0.0))  # see recipe.py: one recorded "epoch", no gradient steps
+        elif self.new_head and cfg.warmup_epochs > 0:
             phases.append(("warmup", cfg.warmup_epochs, cfg.warmup_learning_rate))
         phases.append(("finetune", cfg.epochs, cfg.learning_rate))
         return phases
@@ -257,6 +267,9 @@ class _Trainer:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
+        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+            from .tracking import callbacks_for
+            self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         total = sum(n for _, n, _ in self.phases())
         offset = 0
         nan_guard = NanGuard()
@@ -265,6 +278,12 @@ class _Trainer:
             for phase, n_epochs, lr in self.phases():
                 end = offset + n_epochs
                 if state["epoch"] >= end:  # phase already done before a resume
+                    offset = end
+                    continue
+                if phase == "linear-probe":
+                    from .recipe import run_linear_probe
+
+                    run_linear_probe(self, state, history)
                     offset = end
                     continue
                 if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:
@@ -287,6 +306,9 @@ class _Trainer:
                 self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
                 callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
+                if cfg.distribute == "multiworker":
+                    from .speed.devices import patch_symbolic_build
+                    patch_symbolic_build(fit_model)
                 fit_model.fit(
                     train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
@@ -345,6 +367,10 @@ class _Trainer:
         runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
+        if not run.interrupted and (self.run_dir / runs.BEST_KERAS).exists():
+            from .ood import fit_after_training
+
+            fit_after_training(self)  # temperature + unknown detector, stored with the best model
         if run.history:
             try:
                 from .plots import plot_learning_curves

@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the input (default: the run's, else stretch)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--ood", metavar="DIR", help="a folder of images of other things: measure how many are answered unknown")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -47,7 +48,7 @@ def run(args) -> int:
     predictor = open_model(args) if model and not (run_dir and model == run_dir) else None
     result = evaluate(predictor, args.data, run=run_dir, out=out, split=args.split, labels_csv=args.labels_csv,
                       names=args.names, batch_size=args.batch_size, runtime=args.runtime, resize_mode=args.resize,
-                      workers=args.workers)
+                      workers=args.workers, ood=args.ood)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
         return 0

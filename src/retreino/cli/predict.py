@@ -28,6 +28,9 @@ def register(sub) -> None:
     p.add_argument("--resize", choices=("stretch", "crop", "pad"),
                    help="how images are fitted to the input (default: the model's, else stretch)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
+    p.add_argument("--unknown", default="on", choices=("on", "off"),
+                   help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
+    p.add_argument("--shard", metavar="K/N", help="only the K-th of N disjoint parts of the files (join with retreino merge)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -47,11 +50,14 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise RetreinoError("--batch-size must be at least 1")
     files = find_images(list(args.inputs))  # fails fast, before the model loads, on a typo
+    if args.shard:  # one job of many: see retreino.sharding
+        from ..sharding import parse_shard, shard_paths
+        files = shard_paths(files, *parse_shard(args.shard))
     predictor = open_model(args)
     display = parse_names(args.names, predictor.class_names)
 
-    if _single(args.inputs) and not args.out and not args.grid:
-        p = predict(predictor, files[0], top_k=args.top_k, names=display)
+    if _single(args.inputs) and not args.out and not args.grid and not args.shard:
+        p = predict(predictor, files[0], top_k=args.top_k, names=display, unknown=args.unknown == "on")
         print(json.dumps(p.to_dict(), indent=2) if args.json else p)
         return 0
 
@@ -68,7 +74,8 @@ def run(args) -> int:
     predict_folder(predictor, None, out=args.out, batch_size=args.batch_size, grid=args.grid, top_k=args.top_k,
                    names=display, resize_mode=args.resize, workers=args.workers, fmt=args.format,
                    progress=not (to_screen and sys.stdout.isatty()), keep_rows=False,
-                   grid_size=args.grid_size, on_row=None if args.out else show, summary=summary, paths=files)
+                   grid_size=args.grid_size, on_row=None if args.out else show, summary=summary, paths=files,
+                   unknown=args.unknown == "on")
     print(summary.line(), file=sys.stderr)
     if args.out:
         print(f"wrote {summary.images} row(s) to {args.out}", file=sys.stderr)
@@ -82,4 +89,6 @@ def _print_row(row, top_k: int) -> None:
         print(f"{row['path']}\terror: {row['error']}", flush=True)
         return
     top = "  ".join(f"{n} {p * 100:.1f}%" for n, p in row["top"][:top_k])
+    if row.get("unknown"):
+        top = f"unknown (score {row['unknown_score']:.4g}; it would have said {row['would_say']})  " + top
     print(f"{row['path']}\t{top}", flush=True)

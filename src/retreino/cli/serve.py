@@ -17,6 +17,10 @@ def register(sub) -> None:
     p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
     p.add_argument("--resize", choices=("stretch", "crop", "pad"),
                    help="how images are fitted to the model's input (default: the model's, as in training; else stretch)")
+    p.add_argument("--unknown", default="on", choices=("on", "off"),
+                   help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
+    p.add_argument("--in-browser", action="store_true",
+                   help="serve a static page that runs the model in the browser (TF.js; no upload, no server-side model)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
     g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")
@@ -43,12 +47,18 @@ def run(args) -> int:
         raise RetreinoError(f"--batch-wait-ms must be 0 or more, not {args.batch_wait_ms:g}")
     if not 0 <= args.port <= 65535:
         raise RetreinoError(f"--port must be 0 to 65535, not {args.port}")
+    if args.in_browser:  # serve/browser.py: a static tfjs export folder, nothing predicted here
+        from ..serve.browser import serve_in_browser
+
+        serve_in_browser(args.model, host=args.host, port=args.port, access_log=not args.quiet, **model_kwargs(args))
+        return 0
     settings = ServeSettings(
         max_file_mb=args.max_file_mb,
         max_files=args.max_files,
         max_batch=1 if args.no_batching else args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         resize_mode=args.resize,
+        unknown=args.unknown == "on",
     )
     serve(
         args.model,

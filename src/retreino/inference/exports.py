@@ -29,11 +29,13 @@ EXPORTS_DIR = "exports"
 FORMAT_RUNTIME = {
     "keras": "keras", "h5": "keras", "tm": "keras",
     "savedmodel": "savedmodel", "tflite": "tflite", "tflite-int8": "tflite-int8", "onnx": "onnx",
+    "tfjs": "keras",  # checked here by reading the TF.js files back into Keras (models/tfjs.py)
 }
 # Model file of each export format, inside its export folder.
 EXPORT_FILES = {
     "keras": "model.keras", "h5": "model.h5", "tm": "keras_model.h5", "savedmodel": ".",
     "tflite": "model.tflite", "tflite-int8": "model_int8.tflite", "onnx": "model.onnx",
+    "tfjs": "model.json",
 }
 
 

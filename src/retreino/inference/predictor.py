@@ -81,6 +81,8 @@ class Predictor:
         self.backend = backend
         self.runtime = backend.name
         self.resize_mode = resize_mode or resize_mode_of(self.info)
+        self.interpolation = getattr(self.info, "interpolation", None) or "bilinear"
+        self._attach_unknown()
 
     @classmethod
     def from_export(cls, path, resize_mode: str | None = None, unsafe: bool = False) -> "Predictor":
@@ -99,13 +101,35 @@ class Predictor:
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 or float pixels in [0, 255], shape (N, H, W, 3) at the model's input size."""
+        return self.predict_pixels_full(pixels)["probabilities"]
+
+    def predict_pixels_full(self, pixels: np.ndarray) -> dict:
+        """Calibrated `probabilities`, the `raw` ones, and `unknown_score` (None without a detector)."""
+        from ..calibration import apply_temperature
+        from ..ood import split_outputs
+
         x = scale_pixels_np(pixels, self.info.preprocessing)
-        probs = probabilities(self.backend(x), self.info.head)
-        safety.check_finite_outputs(probs, self.info.source or "the model")  # never a `nan%`
-        return probs
+        head_out, features = split_outputs(self.backend(x), self._head_units)
+        raw = probabilities(head_out, self.info.head)
+        safety.check_finite_outputs(raw, self.info.source or "the model")  # never a `nan%`
+        scores = self.unknown.score(features) if (self.unknown is not None and features is not None) else None
+        return {"probabilities": apply_temperature(raw, self.info.temperature), "raw": raw, "unknown_score": scores}
+
+    def _attach_unknown(self):
+        """Load the model's unknown detector; a Keras backend is wrapped to emit the pooled features too."""
+        from .. import ood
+        from . import runtimes
+
+        self.unknown = ood.load_detector(self.info) if getattr(self.info, "unknown", None) else None
+        units = self.backend.output_units
+        self._head_units = ood.head_units(self.info, units) if self.info.class_names else units
+        if self.unknown is not None and isinstance(self.backend, runtimes.KerasRuntime) and units == self._head_units:
+            self.backend = runtimes.KerasRuntime(ood.with_features(self.backend.model), self.info, self.backend.path)
+        elif self.unknown is not None and self.backend.output_units == self._head_units:
+            self.unknown = None  # an export made without the features output (tflite-int8): no unknown answers
 
     def load_pixels(self, source) -> np.ndarray:
-        return read_image(source, self.info.input_size, self.resize_mode)
+        return read_image(source, self.info.input_size, self.resize_mode, self.interpolation)
 
     def predict_images(self, sources: Sequence, batch_size: int = 32) -> np.ndarray:
         """Paths, bytes or file objects -> (N, classes) probabilities, in batches."""

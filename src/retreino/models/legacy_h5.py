@@ -167,6 +167,9 @@ def _build_sequential(cfg: dict, *, unsafe: bool):
         if batch_shape is None and not layers:
             batch_shape = lc.get("config", {}).get("batch_input_shape")
         layers.append(_build(lc, unsafe=unsafe))
+    if batch_shape is None and layers and isinstance(layers[0], keras.Model):
+        # A Sequential that starts with a whole sub-model (TF.js writes no shape on it): its input is the sub-model's.
+        batch_shape = (None, *layers[0].input_shape[1:])
     if batch_shape is None:
         raise ModelLoadError(f"Sequential model '{cfg.get('name', '?')}' has no input shape in the file")
     inputs = keras.Input(batch_shape=tuple(batch_shape))
@@ -241,8 +244,6 @@ def _pick(out, index: int):
 
 def load_weights(model, weights_group) -> None:
     """Assign weights saved by Keras 2 under `model_weights` to the rebuilt Keras 3 model."""
-    from .graph import flatten_layers
-
     saved: dict[str, list[tuple[str, object]]] = defaultdict(list)
     for top in _attr_list(weights_group, "layer_names"):
         group = weights_group[top]
@@ -251,6 +252,16 @@ def load_weights(model, weights_group) -> None:
             layer_name = parts[-2] if len(parts) >= 2 else top
             short = parts[-1].split(":")[0]
             saved[layer_name].append((short, group[wname][()]))
+    assign_weights(model, saved)
+
+
+def assign_weights(model, saved: dict[str, list[tuple[str, object]]], source: str = "the file") -> None:
+    """Set every leaf layer's weights from `saved` (layer name -> [(weight name, array)]), checked by shape.
+
+    Shared by the Keras 2 H5 reader and the TensorFlow.js reader (models/tfjs.py): both name weights
+    `layer/weight` and order them per layer; a layer, weight or shape that does not match raises.
+    """
+    from .graph import flatten_layers
 
     used = set()
     for layer in flatten_layers(model):
@@ -258,7 +269,7 @@ def load_weights(model, weights_group) -> None:
             continue
         entries = saved.get(layer.name)
         if not entries:
-            raise ModelLoadError(f"the file holds no weights for layer '{layer.name}'")
+            raise ModelLoadError(f"{source} holds no weights for layer '{layer.name}'")
         remaining = list(entries)
         values = []
         for var in layer.weights:
@@ -282,7 +293,7 @@ def load_weights(model, weights_group) -> None:
         used.add(layer.name)
     unused = sorted(set(saved) - used)
     if unused:
-        raise ModelLoadError(f"the file has weights for layers the rebuilt model lacks: {', '.join(unused[:5])}")
+        raise ModelLoadError(f"{source} has weights for layers the rebuilt model lacks: {', '.join(unused[:5])}")
 
 
 def _attr_list(group, key: str) -> list[str]:

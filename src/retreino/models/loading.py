@@ -11,7 +11,7 @@ _env.import_tensorflow()
 from .. import safety
 from ..errors import ModelLoadError, UnsafeModelError
 from ..preprocessing import normalize_mode
-from . import legacy_h5
+from . import legacy_h5, tfjs
 from .backbones import BACKBONES, build_backbone
 from .graph import find_head, flatten_layers
 from .info import LoadedModel, ModelInfo, read_labels
@@ -52,11 +52,14 @@ def load_model(
                 f"(or a backbone name: {', '.join(sorted(BACKBONES))})"
             )
     else:
-        if path.is_dir():
-            path = _model_in_folder(path)
         if weights is not None:
             raise ModelLoadError("--weights applies to backbone names; a model file carries its own weights")
-        loaded = _load_file(path, unsafe=unsafe)
+        if tfjs.is_tfjs(path, FOLDER_MODELS):
+            loaded = _load_tfjs(path, unsafe=unsafe)
+        else:
+            if path.is_dir():
+                path = _model_in_folder(path)
+            loaded = _load_file(path, unsafe=unsafe)
 
     if input_range:
         loaded.info.preprocessing = normalize_mode(input_range)
@@ -141,10 +144,48 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         class_names=class_names,
         preprocessing="tf" if is_tm else None,
     )
+    if is_tm:
+        # Teachable Machine's own "Keras" code snippet fits photos with a center crop:
+        # ImageOps.fit(image, (224, 224), Image.Resampling.LANCZOS).
+        info.resize, info.interpolation = "crop", "lanczos"
     saved = read_metadata(path)
     if saved is not None:  # a Keras 2 H5 written by `retreino export`: labels and scaling recorded
         saved.source = str(path)
         info = saved
+    return LoadedModel(model, info)
+
+
+def _load_tfjs(path: Path, *, unsafe: bool) -> LoadedModel:
+    """A TensorFlow.js Layers model (Teachable Machine's download): see models/tfjs.py."""
+    import json
+
+    model, model_json, metadata = tfjs.read_tfjs(path, unsafe=unsafe)
+    saved = model_json.parent / "retreino.json"  # written beside the files by `retreino export --format tfjs`
+    if saved.is_file():
+        try:
+            info = ModelInfo.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+            info.source, info.format = str(model_json), "tfjs"
+            return LoadedModel(model, info)
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: fall back to what the TF.js files say
+    labels = metadata.get("labels")
+    class_names = [str(name) for name in labels] if isinstance(labels, list) and labels else None
+    is_tm = class_names is not None and _looks_like_teachable_machine(model)
+    info = _infer_info(
+        model,
+        model_json,
+        fmt="teachable-machine-tfjs" if is_tm else "tfjs",
+        version=tfjs.tfjs_version(model_json, metadata),
+        class_names=class_names,
+        preprocessing="tf" if is_tm else None,
+    )
+    size = metadata.get("imageSize")
+    if size and tuple(info.input_size) != (int(size), int(size)):
+        h, w = info.input_size
+        info.notes.append(f"metadata.json says imageSize {size} but the model takes {h}x{w}")
+    if is_tm:
+        # Teachable Machine's page center-crops each photo to a square before resizing it (canvas drawImage).
+        info.resize, info.interpolation = "crop", "bilinear"
     return LoadedModel(model, info)
 
 
@@ -272,6 +313,10 @@ def _load_backbone(name: str, weights) -> LoadedModel:
         head="features",
         class_names=None,
         backbone=name,
+        # Keras' own image loading for these backbones (image_dataset_from_directory, the
+        # transfer-learning guide) resizes the whole photo, bilinear, without keeping its aspect.
+        resize="stretch",
+        interpolation="bilinear",
     )
     return LoadedModel(model, info)
 
