@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import WATER_BOTTLES, real_images
+
 from retreino.errors import ModelLoadError, UnsafeModelError
 
 SECRET = b"TOP-SECRET-LINE-0123456789abcdef\n" * 64
@@ -787,3 +787,69 @@ def test_a_weights_file_with_an_external_link_is_refused_before_the_backbone_is_
     with pytest.raises(UnsafeModelError) as err:
         load_model("mobilenet_v2", weights=weights)
     _one_line(err.value, "evil.weights.h5", "external storage")
+
+
+def test_a_file_that_vanishes_after_the_scan_is_one_warning_on_the_streaming_path(tmp_path, capfd):
+    from retreino import load_dataset
+    from retreino.data.pipeline import make_pipeline
+
+    root = tmp_path / "data"
+    for i, src in enumerate(real_images("train", "cats", 3) + real_images("train", "dogs", 3)):
+        d = root / ("cats" if i < 3 else "dogs")
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, d / src.name)
+    ds = load_dataset(root, val_split=0.0, test_split=0.0, warn=False)
+    pipe = make_pipeline(ds.train, image_size=(32, 32), batch_size=8, training=True, cache=False, shuffle=False)
+    gone = Path(ds.train.paths[0])
+    gone.unlink()
+    for _ in range(2):  # two epochs: still one warning
+        seen = sum(int(x.shape[0]) for x, _ in pipe)
+        assert seen == 5
+    err = capfd.readouterr().err
+    assert err.count("vanished or changed since the data was scanned") == 1 and str(gone) in err, err
+
+
+def test_a_client_hanging_up_mid_upload_is_one_log_line(serve_server):
+    import socket
+    import time
+
+    host, port = serve_server.url.rsplit("/", 1)[1].split(":")
+    before = len(serve_server.log)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+                  "Content-Length: 500000\r\n\r\n--xx\r\nContent-Disposition: form-data; name=\"files\"; "
+                  "filename=\"a.jpg\"\r\n\r\n".encode() + b"\xff\xd8" * 1000)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "disconnected during POST /predict" not in serve_server.log[before:]:
+        time.sleep(0.2)
+    new = serve_server.log[before:]
+    assert new.count("disconnected during POST /predict") == 1 and "Traceback" not in new, new
+
+
+@pytest.mark.slow
+def test_an_upload_that_stalls_is_timed_out(monkeypatch):
+    """A client that stops sending mid-body gets 408 after RETREINO_BODY_TIMEOUT_S, and the server stays up."""
+    import socket
+    import time
+
+    import httpx
+    from test_serve import SERVER_ARGS, start_server
+
+    monkeypatch.setenv("RETREINO_BODY_TIMEOUT_S", "1")
+    server = start_server(*SERVER_ARGS)
+    try:
+        host, port = server.url.rsplit("/", 1)[1].split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: image/jpeg\r\n"
+                      "Content-Length: 100000\r\n\r\n".encode() + b"\xff\xd8" * 100)
+            started = time.monotonic()
+            answer = s.recv(4096).decode("latin-1")
+            waited = time.monotonic() - started
+            while "request_timeout" not in answer and (more := s.recv(4096)):
+                answer += more.decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer, answer
+        print(f"\nstalled upload answered 408 after {waited:.1f} s")
+        assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -203,8 +203,22 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
         else:
             ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:  # cache=False: decode the files again every epoch (prediction, check-data: one pass)
+        vanished: set[str] = set()
+
         def decode(path):
-            return read_image(path.decode(), (h, w), resize_mode, interpolation)
+            try:
+                return read_image(path.decode(), (h, w), resize_mode, interpolation)
+            except Exception as exc:
+                # Passed the scan, fails now: deleted or rewritten since. Say so once per file, then
+                # let ignore_errors() drop it (training) or the error end evaluation.
+                name = path.decode()
+                if training and name not in vanished:
+                    from ..console import warn
+
+                    vanished.add(name)
+                    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                    warn(f"{name} vanished or changed since the data was scanned ({reason}); skipped")
+                raise
 
         def load(path):
             img = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

@@ -57,3 +57,22 @@ class CheckHost:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class OneLineDisconnects:
+    """ASGI middleware: a client that hangs up mid-request is one log line, not a traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import ClientDisconnect
+
+        try:
+            await self.app(scope, receive, send)
+        except ClientDisconnect:
+            import sys
+
+            client = scope.get("client") or ("?", 0)
+            print(f"retreino serve: client {client[0]}:{client[1]} disconnected during "
+                  f"{scope.get('method', '?')} {scope.get('path', '?')}", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import RetreinoError
 from ..inference.exports import DEFAULT_RUNTIME
 from .app import ServeSettings, create_app, model_name
-from .hosts import CheckHost
+from .hosts import CheckHost, OneLineDisconnects
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -90,7 +90,7 @@ def serve(
         sock.close()
         raise
     app = create_app(predictor, settings, model_file=str(model), class_names=classes)
-    app = CheckHost(app, loopback_only=is_loopback(bound_host))  # DNS rebinding: see serve/hosts.py
+    app = OneLineDisconnects(CheckHost(app, loopback_only=is_loopback(bound_host)))  # see serve/hosts.py
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

@@ -51,7 +51,7 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
     kind = kind.decode("latin-1").lower()
     declared = request.headers.get("content-length")
     declared = int(declared) if declared and declared.isdigit() else None
-    chunks = request.stream().__aiter__()
+    chunks = _slow_body_timeout(request.stream().__aiter__(), BODY_TIMEOUT_S)
 
     if kind == "multipart/form-data":
         if declared is not None and declared > max_files * (max_file_bytes + PART_OVERHEAD):
@@ -206,3 +206,21 @@ def check_request_pixels(uploads: list[Upload], limit: int = MAX_REQUEST_PIXELS)
             raise UploadError(413, "too_many_pixels",
                               f"the images of this request hold over {limit:,} pixels together ({u.filename} "
                               f"reaches {total:,}): send fewer or smaller images")
+
+
+# A client that stops sending mid-body (slowloris) would hold its connection and buffers forever.
+BODY_TIMEOUT_S = float(os.environ.get("RETREINO_BODY_TIMEOUT_S", "30"))
+
+
+async def _slow_body_timeout(chunks, seconds: float):
+    """The request body's chunks; 408 when the client sends nothing for `seconds`."""
+    import asyncio
+
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadError(408, "request_timeout", f"the upload sent nothing for {seconds:g} s: too slow") from None
+        yield chunk
