@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: env browser test test-fast demo bench clean
+.PHONY: env browser lint test test-fast demo bench clean
 
 env: $(STAMP)
 
@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: env browser
+lint: env
+	$(BIN)/ruff check .
+
+test: env browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: env

@@ -338,7 +338,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     >>> sorted(p.name for p in (RUNS / "eval").glob("*.png"))
     ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png']
     """
-    from .prediction import as_loaded, iter_decoded_batches, as_predictor
+    from .prediction import as_loaded, as_predictor, iter_decoded_batches
 
     run_dir = Path(run) if run is not None else None
     cfg_settings: dict = {}
@@ -378,7 +378,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
             raise RetreinoError("--names for evaluate maps data classes to model classes: folder=model_class,...")
         names = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
     index = map_classes(images.class_names, model_classes, names)
-    y_all = np.asarray([index[l] for l in images.labels], dtype=np.int64)
+    y_all = np.asarray([index[label] for label in images.labels], dtype=np.int64)
 
     kept_paths: list[str] = []
     kept_y: list[int] = []

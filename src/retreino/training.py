@@ -30,7 +30,6 @@ from .callbacks import (  # noqa: E402
     SnapshotCallbacks,
 )
 from .config import TrainConfig  # noqa: E402
-from .console import info as say  # noqa: E402
 from .console import table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402

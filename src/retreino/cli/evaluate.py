@@ -7,7 +7,6 @@ from pathlib import Path
 from .common import add_model_args, model_kwargs
 
 
-
 def register(sub) -> None:
     p = sub.add_parser(
         "evaluate",

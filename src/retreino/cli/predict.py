@@ -8,7 +8,6 @@ from pathlib import Path
 from .common import add_model_args, model_kwargs
 
 
-
 def register(sub) -> None:
     p = sub.add_parser(
         "predict",
@@ -42,7 +41,14 @@ def _single(inputs) -> bool:
 def run(args) -> int:
     from ..errors import RetreinoError
     from ..prediction import (
-        RowWriter, as_loaded, as_predictor, find_images, iter_predict_folder, parse_names, predict, show_predictions,
+        RowWriter,
+        as_loaded,
+        as_predictor,
+        find_images,
+        iter_predict_folder,
+        parse_names,
+        predict,
+        show_predictions,
         spread,
     )
 

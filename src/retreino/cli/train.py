@@ -10,7 +10,7 @@ _D = TrainConfig()
 _A = AugmentConfig()
 OPTIONS = {
     "--epochs": ("epochs", int, f"fine-tuning epochs (default {_D.epochs})"),
-    "--optimizer": ("optimizer", str, f"adam (default) | sgd | rmsprop | adamw"),
+    "--optimizer": ("optimizer", str, "adam (default) | sgd | rmsprop | adamw"),
     "--lr": ("learning_rate", float, f"fine-tuning learning rate (default {_D.learning_rate:g})"),
     "--unfreeze": ("unfreeze", int, f"train the last N layers with weights of the flattened model (default {_D.unfreeze})"),
     "--batch-size": ("batch_size", int, f"(default {_D.batch_size})"),

@@ -27,12 +27,12 @@ import numpy as np
 from .. import __version__, _env
 
 _env.import_tensorflow()
-from ..atomic import write_bytes, write_json, write_text
-from ..errors import RetreinoError
-from ..models.info import LoadedModel, ModelInfo, labels_text
-from ..preprocessing import scale_pixels_np
-from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint, quiet_native
-from .keras2_h5 import ExportError, write_keras2_h5
+from ..atomic import write_bytes, write_json, write_text  # noqa: E402
+from ..errors import RetreinoError  # noqa: E402
+from ..models.info import LoadedModel, ModelInfo, labels_text  # noqa: E402
+from ..preprocessing import scale_pixels_np  # noqa: E402
+from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint, quiet_native  # noqa: E402
+from .keras2_h5 import ExportError, write_keras2_h5  # noqa: E402
 
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
