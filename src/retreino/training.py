@@ -20,7 +20,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
-from .atomic import write_json, write_text  # noqa: E402
 from .callbacks import (  # noqa: E402
     EpochProgress,
     NanGuard,
@@ -29,13 +28,14 @@ from .callbacks import (  # noqa: E402
     RunRecorder,
     SnapshotCallbacks,
 )
-from .config import TrainConfig  # noqa: E402
+from .config import TrainConfig, monitor_mode  # noqa: E402
 from .console import table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
 from .models.summary import count_params  # noqa: E402
 from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
+from .runs import RunDir, RunState  # noqa: E402
 
 
 class TrainingError(RetreinoError):
@@ -98,6 +98,7 @@ def train(
     if resume is not None:
         return _resume(Path(resume), printer=printer, callbacks=callbacks)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    cfg.validate()  # again: fields may have been set after the config was built
     if not cfg.model or not cfg.data:
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
     from .speed.devices import run_context
@@ -241,15 +242,16 @@ class _Trainer:
         if dry_run:
             self.print_trainable()
             return None
-        self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
-        write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
-        write_json(self.run_dir / runs.CONFIG, self.config_record())
-        state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
-        runs.write_state(self.run_dir, state)
+        run = RunDir.create(cfg.runs_dir, cfg.name or _default_name(cfg))
+        self.run_dir = run.path
+        run.write_labels(labels_text(ds.class_names))
+        run.write_config(self.config_record())
+        state = RunState(new_head=self.new_head)
+        run.write_state(state)
         self.printer(f"Run directory: {self.run_dir}")
         return self.fit(state, history=[], resume_model=None)
 
-    def fit(self, state: dict, history: list, resume_model) -> Run:
+    def fit(self, state: RunState, history: list, resume_model) -> Run:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
@@ -260,10 +262,10 @@ class _Trainer:
         try:
             for phase, n_epochs, lr in self.phases():
                 end = offset + n_epochs
-                if state["epoch"] >= end:  # phase already done before a resume
+                if state.epoch >= end:  # phase already done before a resume
                     offset = end
                     continue
-                if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:
+                if resume_model is not None and state.phase == phase and state.epoch > offset:
                     model = resume_model  # same phase: keep its optimizer state and learning rate
                 else:
                     self.freeze(phase)
@@ -284,7 +286,7 @@ class _Trainer:
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
                 callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
                 fit_model.fit(
-                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
+                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
                     shuffle=False,  # the datasets shuffle themselves, seeded
                 )
@@ -294,27 +296,28 @@ class _Trainer:
                         f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1}; stopped. The best model so far "
                         f"is in {self.run_dir / runs.BEST_KERAS}. Try a lower --lr or check the data"
                     )
-                if phase == "finetune" and state["epoch"] < end:
-                    self.printer(f"Early stopping: no val_accuracy gain in {cfg.early_stopping_patience} epochs")
+                if phase == "finetune" and state.epoch < end:
+                    self.printer(f"Early stopping: no {cfg.monitor} gain in {cfg.early_stopping_patience} epochs")
                 offset = end
-            state["finished"] = True
-            runs.write_state(self.run_dir, state)
+            state.finished = True
+            RunDir(self.run_dir).write_state(state)
         except KeyboardInterrupt:
             interrupted = True
-            self.printer(f"\nInterrupted after epoch {state['epoch']}. Continue with: retreino train --resume {self.run_dir}")
-        run = Run(self.run_dir, cfg, list(self.dataset.class_names), history, state.get("best_epoch"), state.get("best"), interrupted)
+            self.printer(f"\nInterrupted after epoch {state.epoch}. Continue with: retreino train --resume {self.run_dir}")
+        run = Run(self.run_dir, cfg, list(self.dataset.class_names), history, state.best_epoch, state.best, interrupted)
         self.finish(run)
         return run
 
     def callbacks(self, phase, total, state, history, nan_guard, full_model=None):
         cfg = self.cfg
+        mode = monitor_mode(cfg.monitor)
         early = ResumableEarlyStopping(
-            saved=state.get("early_stopping") if state.get("phase") == "finetune" else None,
-            monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience, restore_best_weights=False,
+            saved=state.early_stopping if state.phase == "finetune" else None,
+            monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping_patience, restore_best_weights=False,
         )
         reduce = ResumableReduceLR(
-            saved=state.get("reduce_lr") if state.get("phase") == "finetune" else None,
-            monitor=cfg.monitor, mode="max", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
+            saved=state.reduce_lr if state.phase == "finetune" else None,
+            monitor=cfg.monitor, mode=mode, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
         )
         recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
                                full_model=full_model)
@@ -355,7 +358,7 @@ class _Trainer:
         if run.best_epoch:
             best = run.history[run.best_epoch - 1] if len(run.history) >= run.best_epoch else {}
             self.printer(
-                f"Best epoch {run.best_epoch}: val_accuracy {run.best_val_accuracy:.3f}"
+                f"Best epoch {run.best_epoch}: {self.cfg.monitor} {run.best_val_accuracy:.3f}"
                 + (f", val_loss {best['val_loss']:.4f}" if best.get("val_loss") is not None else "")
             )
         files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
@@ -407,30 +410,31 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
-    record = runs.read_json(run_dir, runs.CONFIG)
-    state = runs.read_json(run_dir, runs.STATE)
+    run = RunDir(run_dir)
+    record = run.read_config()
+    state = run.read_state()
     if not record or not state:
         raise RetreinoError(f"{run_dir} is not a retreino run directory (no config.json/state.json)")
     cfg = TrainConfig.from_dict(record["config"])
-    history = [row for row in runs.read_history(run_dir) if int(row["epoch"]) <= int(state["epoch"])]
-    if state.get("finished"):
-        printer(f"{run_dir} already finished ({state['epoch']} epochs); nothing to resume")
-        return Run(run_dir, cfg, record["data"]["class_names"], history, state.get("best_epoch"), state.get("best"))
+    history = [row for row in run.read_history() if int(row["epoch"]) <= state.epoch]
+    if state.finished:
+        printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
+        return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
     from .speed.devices import run_context
 
     with run_context(cfg, printer=printer):
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
 
 
-def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, history: list, printer, callbacks) -> Run:
+def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, history: list, printer, callbacks) -> Run:
     trainer = _Trainer(cfg, printer=printer, run_dir=run_dir, callbacks=callbacks)
     resume_model = None
     last = run_dir / runs.LAST
-    if state["epoch"] > 0 and last.exists():
+    if state.epoch > 0 and last.exists():
         resume_model = keras.saving.load_model(last, compile=True)
         trainer.loaded = LoadedModel(resume_model, ModelInfo.from_dict(record["model"]))
-        if state.get("lr") is not None:
-            resume_model.optimizer.learning_rate.assign(state["lr"])
+        if state.lr is not None:
+            resume_model.optimizer.learning_rate.assign(state.lr)
     else:  # killed before the first epoch finished: start the phases afresh
         base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
         trainer.loaded = prepare_for_classes(base, record["data"]["class_names"], dropout=cfg.dropout, seed=cfg.seed).loaded
@@ -438,10 +442,10 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, hist
     if list(trainer.dataset.class_names) != list(record["data"]["class_names"]):
         raise RetreinoError(f"the classes in {cfg.data} changed since the run started; start a new run")
     trainer.new_head = bool(record.get("new_head", True))
-    if resume_model is not None and state.get("phase") == "warmup" and state["epoch"] >= cfg.warmup_epochs:
+    if resume_model is not None and state.phase == "warmup" and state.epoch >= cfg.warmup_epochs:
         resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
-    printer(f"Resuming {run_dir} after epoch {state['epoch']}")
+    printer(f"Resuming {run_dir} after epoch {state.epoch}")
     return trainer.fit(state, history, resume_model)
 
 

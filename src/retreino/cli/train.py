@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import AugmentConfig, TrainConfig
+from ..config import AugmentConfig, TrainConfig, validate_settings
 
 # flag -> (TrainConfig field, type, help). Defaults come from TrainConfig, so `--help` shows them.
 _D = TrainConfig()
@@ -65,11 +65,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# setting -> the flag that sets it, so that a bad value is reported under the name the user typed.
+FLAGS = {field: flag for flag, (field, _, _) in {**OPTIONS, **AUGMENT}.items()}
+
+
 def config_from_args(args) -> TrainConfig:
+    """The TrainConfig the flags ask for, checked (SettingError naming the flag) before anything heavy loads."""
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
     changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict)
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    changes = {k: v for k, v in changes.items() if v is not None}
     aug = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in AUGMENT.items()}
     aug = {k: v for k, v in aug.items() if v is not None}
     if args.no_flip:
@@ -77,15 +82,18 @@ def config_from_args(args) -> TrainConfig:
     if args.vertical_flip:
         aug["vertical_flip"] = True
     augment = AugmentConfig.off() if args.no_augment else cfg.augment
+    validate_settings({**cfg.to_dict(), **changes, "augment": {**dataclasses.asdict(augment), **aug}}, names=FLAGS)
+    cfg = dataclasses.replace(cfg, **changes)
     cfg.augment = dataclasses.replace(augment, **aug)
     return cfg
 
 
 def run(args) -> int:
+    cfg = None if args.resume else config_from_args(args)  # checked before TensorFlow loads
     from ..training import train
 
     if args.resume:
         result = train(resume=args.resume)
     else:
-        result = train(config_from_args(args), dry_run=args.dry_run)
+        result = train(cfg, dry_run=args.dry_run)
     return 130 if result is not None and result.interrupted else 0

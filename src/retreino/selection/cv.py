@@ -80,9 +80,10 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
     ...                     data="../shared/datasets/cats_vs_dogs", folds=5, epochs=3)  # doctest: +SKIP
     >>> cv.mean["accuracy"], cv.std["accuracy"]                                          # doctest: +SKIP
     """
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    cfg.validate()
     from ..data import load_dataset
 
-    cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not cfg.model or not cfg.data:
         raise RetreinoError("cv needs a model (file, folder or backbone name) and a data folder")
     if folds < 2:

@@ -142,12 +142,13 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     ...               data="../shared/datasets/cats_vs_dogs", trials=20, epochs=5)  # doctest: +SKIP
     >>> result.best_config.learning_rate                                             # doctest: +SKIP
     """
+    base = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    base.validate()
     try:
         import optuna
     except ImportError as exc:
         raise RetreinoError("tune needs Optuna: pip install 'retreino[tune]'") from exc
 
-    base = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not base.model or not base.data:
         raise RetreinoError("tune needs a model (file, folder or backbone name) and a data folder")
     if trials < 1:
