@@ -131,7 +131,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
     for k in range(1, folds + 1):
         fold_run = cv_dir / f"fold_{k}"
         if _finished(fold_run) and (fold_run / FOLD_METRICS).exists():
-            record = runs.read_json(fold_run, FOLD_METRICS)
+            record = runs.RunDir(fold_run).read_json(FOLD_METRICS)
             results.append(record)
             printer(f"fold {k}/{folds}: already finished (accuracy {record['accuracy']:.3f}); skipped")
             continue
@@ -213,7 +213,8 @@ def _materialise(root: Path, splits: dict, classes: list[str]) -> None:
 
 
 def _finished(run_dir: Path) -> bool:
-    return bool(runs.read_json(run_dir, runs.STATE).get("finished")) if run_dir.is_dir() else False
+    state = runs.RunDir(run_dir).read_state() if run_dir.is_dir() else None
+    return bool(state and state.finished)
 
 
 def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> dict:
@@ -224,7 +225,7 @@ def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> 
     predictor = Predictor(run.best_model, runtime="keras", resize_mode=run.config.resize)
     probs = predictor.predict_images(val_paths)
     m = compute_metrics(val_labels, probs, classes)
-    history = run.history or runs.read_history(run.dir)
+    history = run.history or runs.RunDir(run.dir).read_history()
     return {
         "fold": k,
         "train_images": n_train,

@@ -296,11 +296,12 @@ def _counted(study) -> int:
 
 def _finish_pruned(run_dir: Path) -> None:
     """A pruned run stopped mid-`train`: still give it its learning curves, and say why it stopped."""
-    state = runs.read_json(run_dir, runs.STATE)
+    run = runs.RunDir(run_dir)
+    state = run.read_state()
     if state:
-        state["pruned"] = True
-        runs.write_state(run_dir, state)
-    history = runs.read_history(run_dir)
+        state.pruned = True
+        run.write_state(state)
+    history = run.read_history()
     if history:
         from ..plots import plot_learning_curves
 
@@ -314,7 +315,7 @@ COLUMNS = ["rank", "trial", "state", "val_accuracy", "val_loss", "best_epoch", "
 
 def _row(t) -> dict:
     run_dir = Path(t.user_attrs.get("run_dir", ""))
-    history = runs.read_history(run_dir) if t.user_attrs.get("run_dir") else []
+    history = runs.RunDir(run_dir).read_history() if t.user_attrs.get("run_dir") else []
     state = t.state.name.lower()
     if t.user_attrs.get("interrupted"):
         state = "interrupted"
@@ -327,7 +328,7 @@ def _row(t) -> dict:
             best_epoch = scores.index(value) + 1
     at_best = _history_at(history, best_epoch)
     params = dict(t.params)
-    cfg = runs.read_json(run_dir, runs.CONFIG).get("config", {}) if t.user_attrs.get("run_dir") else {}
+    cfg = runs.RunDir(run_dir).settings() if t.user_attrs.get("run_dir") else {}
     for k in PARAMS:  # fixed ranges are not Optuna params: read them from the trial's config
         if k not in params and k in cfg:
             params[k] = cfg[k]
@@ -376,7 +377,7 @@ def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer
     best_cfg = None
     if best is not None:
         # The trial's own config.json, so nothing is re-derived: only where results go is reset.
-        record = runs.read_json(Path(best["run_dir"]), runs.CONFIG)["config"]
+        record = runs.RunDir(best["run_dir"]).read_config()["config"]
         best_cfg = dataclasses.replace(TrainConfig.from_dict(record), runs_dir=base.runs_dir,
                                        name=f"{name or _default_name(base)}-best")
         write_json(tune_dir / BEST_CONFIG, {
