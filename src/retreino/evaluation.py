@@ -7,7 +7,6 @@ an evaluation measures exactly what users will get.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,13 +307,9 @@ def map_classes(data_classes: Sequence[str], model_classes: Sequence[str],
 
 
 def _read_run_config(run: Path) -> dict:
-    path = run / "config.json"
-    if not path.is_file():
-        raise RetreinoError(f"{run}: not a run directory (no config.json); pass a model and --data instead")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise RetreinoError(f"{path}: not valid JSON ({exc})") from exc
+    from .runs import RunDir
+
+    return RunDir(run).require_config()
 
 
 def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: str | os.PathLike | None = None,
