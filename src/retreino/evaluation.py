@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .config import DEFAULT_SEED, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from .errors import DataError, RetreinoError
 
 EPS = 1e-7
@@ -237,7 +238,8 @@ class LabelledImages:
 
 
 def labelled_images(data: str | os.PathLike, split: str = "auto", labels_csv: str | os.PathLike | None = None,
-                    val_split: float = 0.2, test_split: float = 0.1, seed: int = 42) -> LabelledImages:
+                    val_split: float = DEFAULT_VAL_SPLIT, test_split: float = DEFAULT_TEST_SPLIT,
+                    seed: int = DEFAULT_SEED) -> LabelledImages:
     """The images to evaluate on and their labels.
 
     `split="auto"`: a dataset with a test/ folder gives its test split; a folder of class
@@ -364,9 +366,9 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     predictor = as_predictor(loaded, runtime=runtime, resize_mode=resize_mode or "stretch")
     model_classes = predictor.class_names
     images = labelled_images(data, split, labels_csv,
-                             val_split=float(cfg_settings.get("val_split", 0.2)),
-                             test_split=float(cfg_settings.get("test_split", 0.1)),
-                             seed=int(cfg_settings.get("seed", 42)))
+                             val_split=float(cfg_settings.get("val_split", DEFAULT_VAL_SPLIT)),
+                             test_split=float(cfg_settings.get("test_split", DEFAULT_TEST_SPLIT)),
+                             seed=int(cfg_settings.get("seed", DEFAULT_SEED)))
     if isinstance(names, str):
         pairs = [p for p in names.split(",") if p.strip()]
         if not all("=" in p for p in pairs):
