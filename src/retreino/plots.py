@@ -176,6 +176,12 @@ def _percent():
     return PercentFormatter(1.0, decimals=0)
 
 
+# The public helpers for other modules' figures (cv, tune): the same size, style and axis format as these.
+new_figure = _figure  # new_figure(width, height): a Figure not tied to pyplot (thread-safe, no GUI)
+plot_style = _style  # `with plot_style():` the house style (fonts, grid, colours)
+percent_axis = _percent  # a 0-100 % tick formatter for fractions
+
+
 # --------------------------------------------------------------------------- evaluation plots
 
 def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"):

@@ -283,13 +283,13 @@ def format_table(summary: dict) -> str:
 
 def plot_boxplot(summary: dict, out_path: Path) -> Path:
     """One panel per metric: the folds' spread as a box, each fold a labelled point, the mean a diamond."""
-    from ..plots import TRAIN_COLOR, VAL_COLOR, _figure, _style, save_figure
+    from ..plots import TRAIN_COLOR, VAL_COLOR, new_figure, plot_style, save_figure
 
     keys = [k for k in METRICS if k in summary["mean"]]
     titles = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "loss": "Loss (lower is better)", "roc_auc": "ROC-AUC"}
     rng = np.random.default_rng(0)
-    with _style():
-        fig = _figure(3.0 * len(keys) + 0.6, 4.4)
+    with plot_style():
+        fig = new_figure(3.0 * len(keys) + 0.6, 4.4)
         axes = np.atleast_1d(fig.subplots(1, len(keys)))
         for ax, key in zip(axes, keys):
             values = np.array([r[key] for r in summary["per_fold"]], dtype=float)

@@ -419,11 +419,11 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
     """Left: each trial's score in order with the best so far; right: score against learning rate."""
     import numpy as np
 
-    from ..plots import TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, _figure, _percent, _style, save_figure
+    from ..plots import TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, new_figure, percent_axis, plot_style, save_figure
 
     rows = sorted((r for r in rows if r["val_accuracy"] is not None), key=lambda r: r["trial"])
-    with _style():
-        fig = _figure(11, 4.2)
+    with plot_style():
+        fig = new_figure(11, 4.2)
         ax1, ax2 = fig.subplots(1, 2)
         styles = {"complete": dict(marker="o", color=TRAIN_COLOR, label="complete"),
                   "pruned": dict(marker="x", color=VAL_COLOR, label="pruned (best before stopping)"),
@@ -451,7 +451,7 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
         ax2.set_title("Score against learning rate")
         ax2.set_xlabel("learning rate (fine-tuning)")
         for ax in (ax1, ax2):
-            ax.yaxis.set_major_formatter(_percent())
+            ax.yaxis.set_major_formatter(percent_axis())
         ax1.legend(loc="best", fontsize=8)
         for r in rows:
             ax2.annotate(str(r["trial"]), (r["learning_rate"], r["val_accuracy"]), xytext=(5, 3), textcoords="offset points",
