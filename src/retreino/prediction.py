@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .data.images import IMAGE_EXTENSIONS, read_image
+from .data.images import IMAGE_EXTENSIONS, image_files, read_image
 from .errors import DataError, RetreinoError
 
 # --------------------------------------------------------------------------- models and names
@@ -201,11 +201,7 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        found = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(Path(dirpath) / f for f in sorted(filenames)
-                         if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        found = image_files(path)
         if not found:
             raise DataError(f"{text}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return found

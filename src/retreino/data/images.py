@@ -116,3 +116,16 @@ def sniff_format(head: bytes) -> str | None:
         if head.startswith(magic):
             return name
     return None
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files under `folder`, recursive, in sorted walk order; hidden files and folders skipped.
+
+    The one finder of image files by extension (IMAGE_EXTENSIONS): prediction and export use it.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames)
+                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return found

@@ -39,7 +39,6 @@ FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
 PARITY_IMAGES = 100
 CALIBRATION_IMAGES = 100
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_model", "export_models", "check_tm_contract"]
 
@@ -390,9 +389,11 @@ def _image_list(images) -> list[Path]:
             raise RetreinoError(f"no such image folder: {root}")
         if root.is_file():
             return [root]
-        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        from ..data.images import IMAGE_EXTENSIONS, image_files
+
+        found = sorted(image_files(root))
         if not found:
-            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return found
     return [Path(p) for p in images]
 
