@@ -313,18 +313,9 @@ def _zip_bytes(meta: dict) -> bytes:
 @contextlib.contextmanager
 def _quiet():
     """Converters print pages of progress and deprecation notes; the CLI prints its own summary."""
-    import logging
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _env.quiet_loggers("tensorflow", "absl", "tf2onnx"):
         warnings.simplefilter("ignore")
-        levels = {n: logging.getLogger(n).level for n in ("tensorflow", "absl", "tf2onnx")}
-        for n in levels:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for n, level in levels.items():
-                logging.getLogger(n).setLevel(level)
+        yield
 
 
 # --------------------------------------------------------------------------- checking
