@@ -196,7 +196,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
         if outcome == "interrupted":
             printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
             raise KeyboardInterrupt
-        trial_row = _row(study.trials[trial.number])
+        trial_row = _row(study.trials[trial.number], _retried(study))
         head = f"trial {index}/{trials} [{cfg.name}]"
         if outcome == "complete":
             best = _best(study)
@@ -279,8 +279,8 @@ def _requeue_interrupted(study, printer) -> None:
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        for attr in ("interrupted", "uncounted"):  # no public setter for another process's trial
-            study._storage.set_trial_user_attr(t._trial_id, attr, True)
+        # Optuna has no public setter for another process's trial: the queued retry's "retry_of"
+        # is what marks this one interrupted (see _retried).
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         printer(f"trial {t.number} was interrupted; it runs again with the same values")
@@ -291,7 +291,14 @@ def _counted(study) -> int:
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("uncounted"))
+    retried = _retried(study)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+               if not t.user_attrs.get("uncounted") and t.number not in retried)
+
+
+def _retried(study) -> set[int]:
+    """Numbers of the trials that were interrupted and queued again (a retry names them in "retry_of")."""
+    return {int(t.user_attrs["retry_of"]) for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
 
 
 def _finish_pruned(run_dir: Path) -> None:
@@ -313,11 +320,11 @@ def _finish_pruned(run_dir: Path) -> None:
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "val_loss", "best_epoch", "epochs", "seconds", *PARAMS, "run_dir"]
 
 
-def _row(t) -> dict:
+def _row(t, retried: set[int] = frozenset()) -> dict:
     run_dir = Path(t.user_attrs.get("run_dir", ""))
     history = runs.RunDir(run_dir).read_history() if t.user_attrs.get("run_dir") else []
     state = t.state.name.lower()
-    if t.user_attrs.get("interrupted"):
+    if t.user_attrs.get("interrupted") or (state == "fail" and t.number in retried):
         state = "interrupted"
     value = t.value if state == "complete" else None  # Optuna gives a pruned trial its last report
     best_epoch = t.user_attrs.get("best_epoch")
@@ -353,7 +360,9 @@ def _best(study) -> dict | None:
 
 
 def leaderboard(study) -> list[dict]:
-    rows = sorted((_row(t) for t in study.trials if t.state.name != "RUNNING" and t.state.name != "WAITING"), key=_sort_key)
+    retried = _retried(study)
+    rows = sorted((_row(t, retried) for t in study.trials if t.state.name != "RUNNING" and t.state.name != "WAITING"),
+                  key=_sort_key)
     rank = 0
     for r in rows:
         if r["state"] == "complete":
