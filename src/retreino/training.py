@@ -122,12 +122,7 @@ class _Trainer:
             labels_csv=cfg.labels_csv, strict=cfg.strict,
         )
         ds = self.dataset
-        if ds.train is None or len(ds.train) == 0:
-            raise RetreinoError(f"no training images found in {cfg.data}")
-        if ds.validation is None or len(ds.validation) == 0:
-            raise RetreinoError(f"no validation images in {cfg.data}: add a validation/ folder or use --val-split")
-        if len(ds.class_names) < 2:
-            raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {cfg.data}")
+        check_trainable(ds, cfg.data)
         if fresh:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
             self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
@@ -209,11 +204,7 @@ class _Trainer:
         cfg = self.cfg
         loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
         if optimizer is None:
-            optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-                          "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
-            if cfg.optimizer.lower() not in optimizers:
-                raise RetreinoError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(optimizers)}")
-            optimizer = optimizers[cfg.optimizer.lower()](learning_rate=learning_rate)
+            optimizer = make_optimizer(cfg.optimizer, learning_rate)
         # XLA only with mixed precision on a GPU: on CPU it compiles for long and gains little.
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_mixed(cfg))
 
@@ -447,6 +438,25 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, 
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
     printer(f"Resuming {run_dir} after epoch {state.epoch}")
     return trainer.fit(state, history, resume_model)
+
+
+def check_trainable(ds, data) -> None:
+    """A dataset can be trained on: training and validation images, and two classes at least."""
+    if ds.train is None or len(ds.train) == 0:
+        raise RetreinoError(f"no training images found in {data}")
+    if ds.validation is None or len(ds.validation) == 0:
+        raise RetreinoError(f"no validation images in {data}: add a validation/ folder or use --val-split")
+    if len(ds.class_names) < 2:
+        raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {data}")
+
+
+def make_optimizer(name: str, learning_rate: float | None):
+    """A Keras optimizer by its config name (config.OPTIMIZERS), at `learning_rate`."""
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+                  "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
+    if name.lower() not in optimizers:  # TrainConfig.validate rejects it earlier; a field set later lands here
+        raise RetreinoError(f"unknown optimizer {name!r}: use one of {', '.join(optimizers)}")
+    return optimizers[name.lower()](learning_rate=learning_rate)
 
 
 def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):
