@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: env browser lint test test-fast demo bench clean
+.PHONY: env demo-env browser lint test test-fast demo bench clean
 
 env: $(STAMP)
 
@@ -33,7 +33,19 @@ test: env browser lint
 test-fast: env
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: env
+# The demo needs only the base dependencies (train, evaluate, predict, report): no dev stack.
+DEMO_STAMP := $(VENV)/.demo-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+demo-env: $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	rm -f $(VENV)/.demo-installed-*
+	touch $@
+
+demo: demo-env
 	$(BIN)/python -m retreino.demo
 
 bench: env

@@ -42,7 +42,8 @@ def pytest_runtest_makereport(item, call):
 def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Path:
     """root/<split>/{cats,dogs}/ holding the first n photos of each class of each split of cats_vs_dogs.
 
-    Links by default (cheap); `copy=True` for tests that alter or move the files.
+    Hard links by default (cheap; copies across file systems): a symlink out of the data folder is
+    refused by load_dataset (see retreino.safety). `copy=True` for tests that alter or move the files.
     """
     for split, n in per_split.items():
         for cls in ("cats", "dogs"):
@@ -52,7 +53,10 @@ def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Pat
                 if copy:
                     shutil.copy(f, dst / f.name)
                 else:
-                    os.symlink(f, dst / f.name)
+                    try:
+                        os.link(f, dst / f.name)
+                    except OSError:
+                        shutil.copy(f, dst / f.name)
     return root
 
 

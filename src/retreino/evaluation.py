@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import DEFAULT_SEED, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from .errors import DataError, RetreinoError
+from .inference.exports import DEFAULT_RUNTIME
 
 EPS = 1e-7
 FILES = ("metrics.json", "classification_report.txt", "classification_report.json", "predictions.csv",
@@ -316,7 +317,7 @@ def _read_run_config(run: Path) -> dict:
 
 def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, split: str = "auto", labels_csv: str | os.PathLike | None = None,
-             names: str | Mapping[str, str] | None = None, batch_size: int = 32, runtime: str = "keras",
+             names: str | Mapping[str, str] | None = None, batch_size: int = 32, runtime: str = DEFAULT_RUNTIME,
              resize_mode: str | None = None, workers: int | None = None, progress: bool = True,
              report: bool = True) -> EvaluationResult:
     """Score a model on labelled images; write the metrics, report and plots when there is somewhere to.
@@ -335,7 +336,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     >>> sorted(p.name for p in (RUNS / "eval").glob("*.png"))
     ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png']
     """
-    from .prediction import as_loaded, as_predictor, iter_decoded_batches
+    from .inference import open_predictor
+    from .prediction import iter_decoded_batches
 
     run_dir = Path(run) if run is not None else None
     cfg_settings: dict = {}
@@ -362,8 +364,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     if data is None:
         raise RetreinoError("no data to evaluate on: pass a folder of labelled images (--data)")
 
-    loaded = as_loaded(model_or_path)
-    predictor = as_predictor(loaded, runtime=runtime, resize_mode=resize_mode or "stretch")
+    predictor = open_predictor(model_or_path, runtime=runtime, resize_mode=resize_mode)
     model_classes = predictor.class_names
     images = labelled_images(data, split, labels_csv,
                              val_split=float(cfg_settings.get("val_split", DEFAULT_VAL_SPLIT)),
@@ -389,7 +390,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     try:
         pos = 0
         for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
-                                                            predictor.resize_mode, batch_size, workers):
+                                                            resize_mode or predictor.resize_mode, batch_size,
+                                                            workers):
             if ok:
                 probs.append(predictor.predict_pixels(pixels))
             for i, path in enumerate(chunk):
@@ -415,8 +417,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     metrics.update({
         "split": images.split,
         "data": images.description,
-        "model": str(loaded.info.source),
-        "runtime": runtime,
+        "model": str(predictor.info.source),
+        "runtime": predictor.runtime,
         "errors": len(errors),
     })
     result = EvaluationResult(

@@ -15,61 +15,33 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .data.images import IMAGE_EXTENSIONS, image_files, read_image
+from . import safety
+from .data.images import IMAGE_EXTENSIONS, read_image
 from .errors import DataError, RetreinoError
+from .inference.exports import DEFAULT_RUNTIME
 
 # --------------------------------------------------------------------------- models and names
 
 
-# Calling predict("runs/cats", img) in a loop must not reload the model (or retrace its graph)
-# every time: the last few models loaded from paths, and one Predictor per model and settings, are kept.
-_LOADED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-_LOADED_MAX = 3
-
-
 def as_loaded(model, **load_kwargs):
-    """A LoadedModel from a LoadedModel, a Predictor or anything `load_model` accepts (path, folder, run dir)."""
-    from .inference import Predictor
-    from .models.info import LoadedModel
+    """A LoadedModel from a LoadedModel, a Predictor or anything `load_model` accepts (path, folder, run dir).
 
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, Predictor):
-        return model.loaded
-    from .models import load_model
+    Read once per file: see `retreino.inference.cache`.
+    """
+    from .inference import load_cached
 
-    path = Path(model)
-    if not path.exists():
-        return load_model(model, **load_kwargs)
-    stamp = max((f.stat().st_mtime_ns for f in ([path] + (list(path.iterdir()) if path.is_dir() else []))), default=0)
-    key = (str(path.resolve()), stamp, tuple(sorted((k, str(v)) for k, v in load_kwargs.items())))
-    if key in _LOADED:
-        _LOADED.move_to_end(key)
-        return _LOADED[key]
-    loaded = load_model(model, **load_kwargs)
-    _LOADED[key] = loaded
-    while len(_LOADED) > _LOADED_MAX:
-        _LOADED.popitem(last=False)
-    return loaded
+    return load_cached(model, **load_kwargs)
 
 
-def as_predictor(model, runtime: str = "keras", resize_mode: str = "stretch", **load_kwargs):
-    """A Predictor from a Predictor, LoadedModel or path; the one place runtimes are chosen."""
-    from .inference import Predictor
+def as_predictor(model, runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, **load_kwargs):
+    """A Predictor from a Predictor, LoadedModel, model path or export: `retreino.inference.open_predictor`."""
+    from .inference import open_predictor
 
-    if isinstance(model, Predictor):
-        return model
-    loaded = as_loaded(model, **load_kwargs)
-    key = (runtime, resize_mode, json.dumps(loaded.info.to_dict(), sort_keys=True, default=str))
-    # Kept on the LoadedModel itself, so the cache goes when the model goes.
-    per_model = loaded.__dict__.setdefault("_retreino_predictors", {})
-    if key not in per_model:
-        per_model[key] = Predictor(loaded, runtime=runtime, resize_mode=resize_mode)
-    return per_model[key]
+    return open_predictor(model, runtime=runtime, resize_mode=resize_mode, **load_kwargs)
 
 
 def parse_names(names: str | Mapping[str, str] | Sequence[str] | None, class_names: Sequence[str]) -> list[str]:
@@ -152,7 +124,7 @@ def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, flo
 
 
 def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Sequence[str] | None = None,
-            runtime: str = "keras", resize_mode: str = "stretch") -> Prediction:
+            runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None) -> Prediction:
     """Classify one image: a path, bytes, a PIL image or uint8 pixels (H, W, 3).
 
     `model` is a LoadedModel, a Predictor or a path (run directory, .keras, Teachable Machine folder).
@@ -201,7 +173,15 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        found = image_files(path)
+        found, special = [], []
+        # Regular files only, loop-safe: a FIFO named photo.jpg would block the first read forever.
+        for dirpath, filenames in safety.walk_files(path, skipped=special):
+            found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        if special:
+            from .console import warn
+
+            warn(f"skipping {len(special)} non-regular file(s) (FIFO, socket, device), never opened: "
+                 + ", ".join(special[:5]) + (" ..." if len(special) > 5 else ""))
         if not found:
             raise DataError(f"{text}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return found
@@ -273,9 +253,9 @@ def true_class_from_path(path: Path, class_names: Sequence[str], display: Sequen
 
 
 def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int = 1,
-                        names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                        resize_mode: str = "stretch", workers: int | None = None, progress: bool = True,
-                        paths: Sequence[Path] | None = None) -> Iterator[dict[str, Any]]:
+                        names: str | Mapping[str, str] | Sequence[str] | None = None,
+                        runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
+                        progress: bool = True, paths: Sequence[Path] | None = None) -> Iterator[dict[str, Any]]:
     """Stream one row per image (see `predict_folder`), in file order, as batches complete."""
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
@@ -286,8 +266,8 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
 
         bar = _progress(total=len(files), desc="predicting", unit="img")
     try:
-        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size, resize_mode,
-                                                             batch_size, workers):
+        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
+                                                             resize_mode or predictor.resize_mode, batch_size, workers):
             probs = predictor.predict_pixels(pixels) if len(ok) else np.zeros((0, len(display)), np.float32)
             by_pos = dict(zip(ok, probs))
             for i, path in enumerate(chunk):
@@ -327,9 +307,11 @@ class RowWriter:
             raise RetreinoError(f"unknown output format {self.fmt!r}: use csv or jsonl")
         self.class_names = list(class_names)
         self.top_k = top_k
+        safety.remove_dead_temps(self.out)  # what a killed predict left behind
         self._ctx = atomic_path(self.out)
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        safety.hold(self._fh)
         self.count = 0
         if self.fmt == "csv":
             self.columns = ["path", "true", "predicted", "confidence"] + [f"prob_{c}" for c in self.class_names]
@@ -384,16 +366,20 @@ def _fmt_prob(v) -> str:
 
 def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, batch_size: int = 32,
                    grid: str | os.PathLike | None = None, top_k: int = 1,
-                   names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                   resize_mode: str = "stretch", workers: int | None = None, fmt: str | None = None,
-                   progress: bool = True, keep_rows: bool = True, grid_size: int = 36) -> list[dict[str, Any]]:
+                   names: str | Mapping[str, str] | Sequence[str] | None = None,
+                   runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
+                   fmt: str | None = None, progress: bool = True, keep_rows: bool = True, grid_size: int = 36,
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   summary: "RowSummary | None" = None, paths: Sequence[Path] | None = None) -> list[dict[str, Any]]:
     """Predict every image of a folder (recursive) or glob, in batches, with bounded memory.
 
     Each row holds `path`, `true` (from the parent folder's name when it is a class, else None),
     `predicted`, `confidence`, `correct`, `top` (k pairs), `probabilities` and `error` (None, or why
     the file could not be read). With `out` the rows are streamed to CSV (or JSON lines for
     .jsonl); with `grid` a thumbnail sheet of the first `grid_size` images is drawn.
-    `keep_rows=False` returns no rows (for folders too big to hold even their rows).
+    `keep_rows=False` returns no rows (for folders too big to hold even their rows); `on_row` is
+    called with each row as it is ready (what `retreino predict` prints), and `summary` (a
+    `RowSummary`) counts them, in constant memory.
 
     >>> rows = predict_folder(RUN, DATA / "test", out=RUNS / "preds.csv", grid=RUNS / "grid.png")
     >>> len(rows), rows[0]["true"], (RUNS / "grid.png").is_file()
@@ -401,7 +387,7 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
     """
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
-    files = find_images(folder_or_glob)
+    files = list(paths) if paths is not None else find_images(folder_or_glob)
     rows: list[dict[str, Any]] = []
     shown: list[dict[str, Any]] = []
     grid_at = spread(len(files), grid_size) if grid else set()
@@ -411,6 +397,10 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
                                                     workers, progress, paths=files)):
             if writer:
                 writer.write(row)
+            if on_row is not None:
+                on_row(row)
+            if summary is not None:
+                summary.add(row)
             if keep_rows:
                 rows.append(row)
             if i in grid_at:
@@ -433,17 +423,60 @@ def spread(n: int, k: int) -> set[int]:
     return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {0}
 
 
+class RowSummary:
+    """Running counts over prediction rows (constant memory): per predicted class, unreadable, accuracy.
+
+    >>> s = RowSummary.of([{"predicted": "cats", "correct": True}, {"predicted": "dogs", "correct": False}])
+    >>> s.line()
+    '2 image(s): cats 1, dogs 1; accuracy 50.0% on the 2 in a class folder'
+    """
+
+    def __init__(self):
+        self.images = self.unreadable = self.known = self.correct = 0
+        self.predicted: collections.Counter = collections.Counter()
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[str, Any]]) -> "RowSummary":
+        summary = cls()
+        for row in rows:
+            summary.add(row)
+        return summary
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.images += 1
+        if row.get("error"):
+            self.unreadable += 1
+        if row.get("predicted"):
+            self.predicted[row["predicted"]] += 1
+        if row.get("correct") is not None:
+            self.known += 1
+            self.correct += bool(row["correct"])
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.known if self.known else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "unreadable": self.unreadable,
+            "predicted": dict(sorted(self.predicted.items())),
+            "with_known_class": self.known,
+            "accuracy": self.accuracy,
+        }
+
+    def line(self) -> str:
+        text = f"{self.images} image(s): " + ", ".join(f"{k} {v}" for k, v in sorted(self.predicted.items()))
+        if self.unreadable:
+            text += f", unreadable {self.unreadable}"
+        if self.known:
+            text += f"; accuracy {self.accuracy:.1%} on the {self.known} in a class folder"
+        return text
+
+
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per predicted class, errors, and accuracy where the true class is known."""
-    counts = collections.Counter(r["predicted"] for r in rows if r.get("predicted"))
-    known = [r for r in rows if r.get("correct") is not None]
-    return {
-        "images": len(rows),
-        "unreadable": sum(1 for r in rows if r.get("error")),
-        "predicted": dict(sorted(counts.items())),
-        "with_known_class": len(known),
-        "accuracy": (sum(bool(r["correct"]) for r in known) / len(known)) if known else None,
-    }
+    return RowSummary.of(rows).as_dict()
 
 
 def show_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None, max_images: int = 36,

@@ -29,7 +29,7 @@ from .callbacks import (  # noqa: E402
     SnapshotCallbacks,
 )
 from .config import TrainConfig, monitor_mode  # noqa: E402
-from .console import table  # noqa: E402
+from .console import set_resume_command, status, table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
@@ -172,6 +172,7 @@ class _Trainer:
                 return train_ds, val_ds, None
             cache_train = not augmenting and acc.fits(len(self.dataset.train))
             train_ds, val_ds = self.pipelines(ordered_train=cache_train)
+            status("Speed: converting the frozen front of the network and caching its outputs ...")
             acc.start(next(iter(val_ds))[0].numpy())
             self.printer(acc.describe())
             train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)
@@ -235,11 +236,13 @@ class _Trainer:
             return None
         run = RunDir.create(cfg.runs_dir, cfg.name or _default_name(cfg))
         self.run_dir = run.path
+        self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
         run.write_labels(labels_text(ds.class_names))
         run.write_config(self.config_record())
         state = RunState(new_head=self.new_head)
         run.write_state(state)
         self.printer(f"Run directory: {self.run_dir}")
+        set_resume_command(f"retreino train --resume {self.run_dir}")  # for the CLI's "interrupted" line
         return self.fit(state, history=[], resume_model=None)
 
     def fit(self, state: RunState, history: list, resume_model) -> Run:
@@ -320,17 +323,19 @@ class _Trainer:
 
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
-        save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
+        pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
+        save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)
         # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
         # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
         # would silently switch optimizers. Keep the config intact.
         compile_config = getattr(model, "_compile_config", None)
         kept = dict(compile_config.config) if compile_config is not None else None
         try:
-            save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+            save_model(loaded, pending[runs.BEST_H5], write_labels=False)
         finally:
             if kept is not None:
                 compile_config.config = kept
+        runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
         if run.history:
@@ -401,6 +406,15 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    try:
+        return _resume_locked(run_dir, printer, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     run = RunDir(run_dir)
     record = run.read_config()
     state = run.read_state()
@@ -437,6 +451,7 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, 
         resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
     printer(f"Resuming {run_dir} after epoch {state.epoch}")
+    set_resume_command(f"retreino train --resume {run_dir}")
     return trainer.fit(state, history, resume_model)
 
 

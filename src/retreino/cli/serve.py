@@ -1,7 +1,7 @@
 """retreino serve MODEL: a web page and REST API for predictions."""
 from __future__ import annotations
 
-from .common import add_model_args, model_kwargs
+from .common import MODEL_HELP, add_model_args, add_runtime_arg, model_kwargs
 
 
 def register(sub) -> None:
@@ -10,13 +10,13 @@ def register(sub) -> None:
         help="serve a model: a web page to drop images on and a REST API (POST /predict)",
         description="Serve a model over HTTP: a page at / for people, POST /predict for scripts, OpenAPI docs at /docs.",
     )
-    p.add_argument("model", help="model file or folder (Teachable Machine export, .h5, .keras, a retreino run)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--runtime", default="auto", metavar="NAME",
-                   help="forward pass engine: auto (default: the fastest checked export, else keras), keras, onnx, tflite, ...")
+    add_runtime_arg(p)
     p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
-    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch", help="how images are fitted to the model's input (default stretch, as in training)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"),
+                   help="how images are fitted to the model's input (default: the model's, as in training; else stretch)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
     g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")

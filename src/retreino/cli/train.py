@@ -90,6 +90,9 @@ def config_from_args(args) -> TrainConfig:
 
 def run(args) -> int:
     cfg = None if args.resume else config_from_args(args)  # checked before TensorFlow loads
+    from ..console import status
+
+    status("loading TensorFlow and Keras ...")  # 5-20 s on a busy machine, before any other line
     from ..training import train
 
     if args.resume:

@@ -27,6 +27,10 @@ def open_image(source):
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     name = source if isinstance(source, (str, Path)) else "image"
+    if isinstance(source, (str, Path)):
+        from ..safety import check_image_file
+
+        check_image_file(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -117,15 +121,3 @@ def sniff_format(head: bytes) -> str | None:
             return name
     return None
 
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files under `folder`, recursive, in sorted walk order; hidden files and folders skipped.
-
-    The one finder of image files by extension (IMAGE_EXTENSIONS): prediction and export use it.
-    """
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames)
-                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-    return found

@@ -29,9 +29,10 @@ from .. import __version__, _env
 _env.import_tensorflow()
 from ..atomic import write_bytes, write_json, write_text  # noqa: E402
 from ..errors import RetreinoError  # noqa: E402
+from ..inference.exports import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint  # noqa: E402
+from ..inference.runtimes import quiet_native  # noqa: E402
 from ..models.info import LoadedModel, ModelInfo, labels_text  # noqa: E402
 from ..preprocessing import scale_pixels_np  # noqa: E402
-from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint, quiet_native  # noqa: E402
 from .keras2_h5 import ExportError, write_keras2_h5  # noqa: E402
 
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
@@ -39,7 +40,6 @@ FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
 PARITY_IMAGES = 100
 CALIBRATION_IMAGES = 100
-
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_model", "export_models", "check_tm_contract"]
 
 
@@ -108,14 +108,21 @@ def export_models(
     parity_paths, calibration_paths = _split_images(paths, parity_images, calibration_images, seed)
     if calibration_given:
         calibration_paths = _split_images(calibration_given, 0, calibration_images, seed)[1]
+    from ..console import status
+
+    if parity_paths:
+        status(f"decoding {len(parity_paths)} parity images ...")
     pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
-    keras_runtime = _keras_runtime(loaded)
-    reference = _probs(keras_runtime, loaded.info, pixels)
-    keras_latency = _latency_ms(keras_runtime, loaded.info) if measure else None
+    status(f"reference probabilities from Keras on {len(pixels)} images ...")
+    keras_predictor = _keras_predictor(loaded)
+    reference = _probs(keras_predictor, pixels)
+    keras_latency = _latency_ms(keras_predictor.backend, loaded.info) if measure else None
 
     results = []
     with _Workspace(loaded) as ws:
-        for fmt in formats:
+        for i, fmt in enumerate(formats, 1):
+            status(f"exporting to {fmt} ({i}/{len(formats)}), then checking it against Keras "
+                   f"on {len(pixels)} images ...")
             results.append(
                 _export_one(
                     loaded, fmt, folders[fmt], ws,
@@ -153,7 +160,7 @@ def check_tm_contract(loaded: LoadedModel) -> None:
 
 
 def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind, calibration, measure, keras_latency):
-    from .. import runtimes
+    from ..inference import Predictor
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -179,8 +186,11 @@ def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind,
         write_text(tmp / "labels.txt", labels_text(info.class_names or []))
         write_json(tmp / META_FILE, meta)
 
-        runtime = runtimes.open_record(runtimes.read_export(tmp))
-        got = _probs(runtime, info, pixels)
+        # Checked exactly as predict/evaluate/serve will run it: the export alone, metadata from its files.
+        # Our own fresh output of a model already loaded: a SavedModel made here is trusted for its parity check.
+        predictor = Predictor(tmp, runtime="export", unsafe=True)
+        runtime = predictor.backend
+        got = _probs(predictor, pixels)
         record["parity"] = _parity(fmt, reference, got, image_kind)
         record["export_seconds"] = round(time.perf_counter() - started, 1)
         if measure:
@@ -321,17 +331,14 @@ def _quiet():
 # --------------------------------------------------------------------------- checking
 
 
-def _keras_runtime(loaded):
-    from ..runtimes import KerasRuntime
+def _keras_predictor(loaded):
+    from ..inference import Predictor
 
-    return KerasRuntime(loaded.model, loaded.info)
+    return Predictor(loaded, runtime="keras")
 
 
-def _probs(runtime, info: ModelInfo, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
-    from ..inference import probabilities
-
-    outs = [runtime(scale_pixels_np(pixels[i : i + batch], info.preprocessing)) for i in range(0, len(pixels), batch)]
-    return probabilities(np.concatenate(outs), info.head)
+def _probs(predictor, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([predictor.predict_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
 
 
 def _parity(fmt: str, reference: np.ndarray, got: np.ndarray, image_kind: str) -> dict:
@@ -380,12 +387,14 @@ def _image_list(images) -> list[Path]:
             raise RetreinoError(f"no such image folder: {root}")
         if root.is_file():
             return [root]
-        from ..data.images import IMAGE_EXTENSIONS, image_files
+        from ..data.images import IMAGE_EXTENSIONS
+        from ..errors import DataError
+        from ..prediction import find_images  # the one finder: regular files, .tif/.tiff included
 
-        found = sorted(image_files(root))
-        if not found:
-            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return found
+        try:
+            return sorted(find_images(root))
+        except DataError:
+            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})") from None
     return [Path(p) for p in images]
 
 

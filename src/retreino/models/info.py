@@ -64,6 +64,7 @@ class LoadedModel:
 
     model: Any  # keras.Model
     info: ModelInfo
+    unsafe: bool = False  # loaded with --unsafe: the user trusts this model folder (its exports too)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -84,7 +85,12 @@ class LoadedModel:
 def read_labels(path: str | Path) -> list[str]:
     """Read a Teachable Machine style labels file: one `INDEX Name` (or bare `Name`) per line."""
     names = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # written on Windows by hand: cp1252 (a superset of latin-1 for text)
+        text = raw.decode("cp1252", errors="replace")
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue

@@ -29,13 +29,41 @@ _SHAPE_KEYS = ("batch_input_shape", "input_shape", "batch_size", "input_dim")
 _WEIGHT_ALIASES = {"depthwise_kernel": "kernel"}
 
 
-def read_model_config(h5file) -> dict:
+MAX_CONFIG_DEPTH = 200  # real model configs nest a few levels per container; 5,000 is an attack
+
+
+def read_model_config(h5file, path="the model file") -> dict:
     raw = h5file.attrs.get("model_config")
     if raw is None:
-        raise ModelLoadError("no model config")
+        raise ModelLoadError(f"{path}: no model config")
+    config = parse_json(raw, f"{path} model_config")
+    if not isinstance(config, dict) or not isinstance(config.get("config", {}), (dict, list)):
+        raise ModelLoadError(f"{path}: model_config is not a model config (a JSON {type(config).__name__})")
+    return config
+
+
+def parse_json(raw, what: str):
+    """JSON text from a model file, refused on bad encoding or nesting deeper than MAX_CONFIG_DEPTH."""
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    return json.loads(raw)
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelLoadError(f"{what} is not UTF-8 text") from exc
+    if not isinstance(raw, str):
+        raise ModelLoadError(f"{what} is not JSON text")
+    depth = deepest = 0
+    for ch in raw:  # brackets inside strings only over-count, which errs on the side of refusing
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_CONFIG_DEPTH:
+        raise ModelLoadError(f"{what} nests {deepest} levels deep (over {MAX_CONFIG_DEPTH}): not a model config")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:120]})") from exc
 
 
 def find_code_layers(config: dict) -> list[str]:
@@ -65,7 +93,16 @@ def rebuild(config: dict, *, unsafe: bool = False):
             f"the model embeds Python code ({', '.join(code[:3])}); loading it runs that code. "
             "Pass --unsafe (unsafe=True) only if you trust the file"
         )
-    return _build(config, unsafe=unsafe)
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    from ..safety import file_arguments
+
+    files = file_arguments(config)
+    if files:
+        raise UnsafeModelError(f"refused: {files[0]} names a file, which loading would read")
+    # Keras' own safe mode too, so nothing from_config deserialises may run code.
+    with SafeModeScope(not unsafe):
+        return _build(config, unsafe=unsafe)
 
 
 def _build(layer_config: dict, *, unsafe: bool):

@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import _env
 
 _env.import_tensorflow()
+from .. import safety  # noqa: E402
 from ..errors import ModelLoadError, UnsafeModelError  # noqa: E402
 from ..preprocessing import normalize_mode  # noqa: E402
 from . import legacy_h5  # noqa: E402
@@ -62,6 +63,8 @@ def load_model(
     if class_names:
         loaded.info.class_names = list(class_names)
     _check_classes(loaded)
+    safety.check_finite_weights(loaded.model, source)
+    loaded.unsafe = unsafe
     return loaded
 
 
@@ -69,6 +72,12 @@ def _model_in_folder(folder: Path) -> Path:
     for name in FOLDER_MODELS:
         if (folder / name).is_file():
             return folder / name
+    if (folder / "config.json").is_file() and (folder / "state.json").is_file():
+        # A run directory with no checkpoint: training stopped before its first epoch ended.
+        raise ModelLoadError(
+            f"{folder} holds no model file: this run never finished an epoch (it was stopped or failed before "
+            f"its first checkpoint). Continue it with `retreino train --resume {folder}`, or train again"
+        )
     raise ModelLoadError(f"{folder} holds no model file (looked for {', '.join(FOLDER_MODELS)})")
 
 
@@ -96,6 +105,7 @@ def _open_h5(path: Path):
 
 def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
     with _open_h5(path) as f:
+        safety.check_h5(f, path)  # before any weight is read
         if "model_config" not in f.attrs:
             what = "weights only" if ("layer_names" in f.attrs or "layers" in f) else "no model"
             raise ModelLoadError(
@@ -105,8 +115,10 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         version = f.attrs.get("keras_version", b"")
         version = version.decode() if isinstance(version, bytes) else str(version)
         try:
-            config = legacy_h5.read_model_config(f)
+            config = legacy_h5.read_model_config(f, path)
+            safety.refuse_file_arguments(config, path)
             if version.startswith("3"):
+                _refuse_keras3_code(config, path, unsafe)
                 f.close()
                 return _load_keras3(path, version, unsafe=unsafe, fmt="keras3-h5")
             model = legacy_h5.rebuild(config, unsafe=unsafe)
@@ -115,7 +127,7 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
             legacy_h5.load_weights(model, f["model_weights"])
         except ModelLoadError:
             raise
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as exc:
             raise ModelLoadError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
 
     labels_file = path.parent / "labels.txt"
@@ -149,15 +161,35 @@ def _looks_like_teachable_machine(model) -> bool:
 def _load_keras_archive(path: Path, *, unsafe: bool) -> LoadedModel:
     try:
         with zipfile.ZipFile(path) as zf:
+            safety.check_zip(zf, path)  # on declared sizes, before anything is decompressed
             members = set(zf.namelist())
             bad = zf.testzip()
+            if bad is None and "config.json" in members:
+                config = legacy_h5.parse_json(zf.read("config.json"), f"{path} config.json")
+                weights = zf.read("model.weights.h5") if "model.weights.h5" in members else None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelLoadError(f"{path} is truncated or corrupt: not a readable .keras archive") from exc
     if bad is not None:
         raise ModelLoadError(f"{path} is corrupt: member {bad} fails its checksum")
     if "config.json" not in members:
         raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json)")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json is not a model config (a JSON {type(config).__name__})")
+    safety.refuse_file_arguments(config, path)
+    _refuse_keras3_code(config, path, unsafe)
+    if weights is not None:
+        safety.check_h5_bytes(weights, f"{path} (model.weights.h5)")
     return _load_keras3(path, "3", unsafe=unsafe, fmt="keras")
+
+
+def _refuse_keras3_code(config, path: Path, unsafe: bool) -> None:
+    """Say exactly what in a Keras 3 config would run code, before Keras is asked to load it."""
+    code = safety.keras3_code(config)
+    if code and not unsafe:
+        raise UnsafeModelError(
+            f"{path.name} embeds Python code ({', '.join(code[:3])}); loading it runs that code. "
+            "Pass --unsafe (unsafe=True) only if you trust the file"
+        )
 
 
 def _load_keras3(path: Path, version: str, *, unsafe: bool, fmt: str) -> LoadedModel:
@@ -168,8 +200,9 @@ def _load_keras3(path: Path, version: str, *, unsafe: bool, fmt: str) -> LoadedM
     except Exception as exc:
         msg = str(exc).strip()
         if "Lambda" in msg or "safe_mode" in msg:
+            refused = msg.splitlines()[0][:200]
             raise UnsafeModelError(
-                f"{path.name} embeds Python code (a Lambda layer); loading it runs that code. "
+                f"{path.name} was refused by Keras' safe mode ({refused}). "
                 "Pass --unsafe (unsafe=True) only if you trust the file"
             ) from exc
         first = msg.splitlines()[0] if msg else type(exc).__name__
@@ -227,6 +260,9 @@ def _guess_preprocessing(model) -> str:
 def _load_backbone(name: str, weights) -> LoadedModel:
     if weights is None:
         weights = "imagenet"
+    elif Path(weights).is_file() and _starts_with(Path(weights), HDF5_SIGNATURE):
+        with _open_h5(Path(weights)) as f:
+            safety.check_h5(f, weights)  # a weights file may point at other files too
     model, spec = build_backbone(name, weights=weights)
     info = ModelInfo(
         format="keras-applications",
@@ -238,6 +274,11 @@ def _load_backbone(name: str, weights) -> LoadedModel:
         backbone=name,
     )
     return LoadedModel(model, info)
+
+
+def _starts_with(path: Path, signature: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(signature)) == signature
 
 
 def _check_classes(loaded: LoadedModel) -> None:

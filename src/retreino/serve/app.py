@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import DataError
 from .batcher import MicroBatcher
-from .uploads import UploadError, read_uploads
+from .uploads import UploadError, check_request_pixels, read_uploads
 
 STATIC = Path(__file__).parent / "static"
 
@@ -147,6 +147,9 @@ _ERRORS = {
 def model_name(source: str) -> str:
     """A short display name: the folder for Teachable Machine exports (all named keras_model.h5)."""
     p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    if folder.parent.name == "exports" and folder.parent.parent.name:  # runs/cats/exports/onnx -> "cats (onnx)"
+        return f"{folder.parent.parent.name} ({folder.name})"
     if p.is_dir():
         return p.name
     if p.stem in ("keras_model", "model", "saved_model") and p.parent.name:
@@ -272,6 +275,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         start = time.perf_counter()
         counters["requests"] += 1
         uploads = await read_uploads(request, settings.max_file_bytes, settings.max_files)
+        check_request_pixels(uploads)  # before any decode: pixels cost CPU (see retreino.safety docs)
         if batcher.pending + len(uploads) > settings.max_queue:
             raise UploadError(503, "busy", f"{batcher.pending} images are waiting for the model: retry in a moment")
         loop = asyncio.get_running_loop()
