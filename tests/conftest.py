@@ -53,11 +53,17 @@ def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Pat
                 if copy:
                     shutil.copy(f, dst / f.name)
                 else:
-                    try:
-                        os.link(f, dst / f.name)
-                    except OSError:
-                        shutil.copy(f, dst / f.name)
+                    link_or_copy(f, dst / f.name)
     return root
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """A hard link to a shared photo (a copy across file systems): never a symlink out of a data folder."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+    return dst
 
 
 def real_images(split: str = "test", cls: str = "cats", n: int = 8) -> list[Path]:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import real_images
+from conftest import link_or_copy, real_images
 
 FLOAT_TOLERANCE = 1e-4  # retreino.export.FLOAT_TOLERANCE, the parity check an export passed
 HEAVY = ("tensorflow", "keras", "tf_keras")
@@ -65,7 +65,7 @@ def labelled(tmp_path_factory, images) -> Path:
     root = tmp_path_factory.mktemp("labelled")
     for p in images:
         (root / p.parent.name).mkdir(exist_ok=True)
-        os.symlink(p, root / p.parent.name / p.name)
+        link_or_copy(p, root / p.parent.name / p.name)
     return root
 
 

@@ -46,6 +46,7 @@ BAD_CONFIG = [
     ("reduce_lr_patience", -1, "reduce_lr_patience must be an int, 0 or more, got -1"),
     ("strict", "yes", "strict must be True or False, got 'yes'"),
     ("train_bn", 1, "train_bn must be True or False, got 1"),
+    ("tensorboard", "yes", "tensorboard must be True or False, got 'yes'"),
 ]
 
 

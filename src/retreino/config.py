@@ -70,6 +70,7 @@ TRAIN_CONSTRAINTS: dict[str, list] = {
     "accelerate": [StrOptions(ACCELERATE)],
     "precision": [StrOptions(PRECISIONS)],
     "distribute": [StrOptions(DISTRIBUTE, internal={"none", ""}), NONE],
+    "tensorboard": [BOOL],
 }
 
 
@@ -201,6 +202,10 @@ class TrainConfig:
     # Where results go.
     runs_dir: str = "runs"
     name: str | None = None
+
+    # Tracking (optional extras): TensorBoard event files in the run directory, an MLflow URI.
+    tensorboard: bool = False
+    mlflow: str | None = None  # tracking URI; the CLI's bare --mlflow means a local "mlruns" file store
 
     def __post_init__(self):
         self.validate()

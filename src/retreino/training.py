@@ -249,6 +249,9 @@ class _Trainer:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
+        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+            from .tracking import callbacks_for
+            self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         total = sum(n for _, n, _ in self.phases())
         offset = 0
         nan_guard = NanGuard()
@@ -279,6 +282,9 @@ class _Trainer:
                 self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
                 callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
+                if cfg.distribute == "multiworker":
+                    from .speed.devices import patch_symbolic_build
+                    patch_symbolic_build(fit_model)
                 fit_model.fit(
                     train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),

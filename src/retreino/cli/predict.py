@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--resize", choices=("stretch", "crop", "pad"),
                    help="how images are fitted to the input (default: the model's, else stretch)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
+    p.add_argument("--shard", metavar="K/N", help="only the K-th of N disjoint parts of the files (join with retreino merge)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
     add_model_args(p)
     p.set_defaults(func=run)
@@ -47,10 +48,13 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise RetreinoError("--batch-size must be at least 1")
     files = find_images(list(args.inputs))  # fails fast, before the model loads, on a typo
+    if args.shard:  # one job of many: see retreino.sharding
+        from ..sharding import parse_shard, shard_paths
+        files = shard_paths(files, *parse_shard(args.shard))
     predictor = open_model(args)
     display = parse_names(args.names, predictor.class_names)
 
-    if _single(args.inputs) and not args.out and not args.grid:
+    if _single(args.inputs) and not args.out and not args.grid and not args.shard:
         p = predict(predictor, files[0], top_k=args.top_k, names=display)
         print(json.dumps(p.to_dict(), indent=2) if args.json else p)
         return 0

@@ -56,6 +56,10 @@ def register(sub) -> None:
         p.add_argument(flag, type=typ, default=None, help=hlp)
     p.add_argument("--train-bn", action="store_true", default=None, help="let unfrozen BatchNormalization layers train")
     p.add_argument("--strict", action="store_true", default=None, help="unreadable images are fatal instead of skipped")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard event files to <run>/tensorboard/ (tensorboard --logdir runs/)")
+    p.add_argument("--mlflow", nargs="?", const="mlruns", default=None, metavar="URI",
+                   help="log config, per-epoch metrics and the best model to MLflow (default URI: ./mlruns)")
     g = p.add_argument_group("augmentation (training split only; defaults are the notebook's)")
     for flag, (_, typ, hlp) in AUGMENT.items():
         g.add_argument(flag, type=typ, default=None, help=hlp)
@@ -73,7 +77,8 @@ def config_from_args(args) -> TrainConfig:
     """The TrainConfig the flags ask for, checked (SettingError naming the flag) before anything heavy loads."""
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
-    changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict)
+    changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict,
+                   tensorboard=args.tensorboard, mlflow=args.mlflow)
     changes = {k: v for k, v in changes.items() if v is not None}
     aug = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in AUGMENT.items()}
     aug = {k: v for k, v in aug.items() if v is not None}

@@ -9,8 +9,9 @@ Two paths, chosen by `cache_budget_mb`:
 - **cached** (the usual case: 2,000 images at 224x224 are 300 MB): the split is decoded once by a
   thread pool (PIL releases the GIL) into one uint8 array; every epoch then gathers shuffled
   batches from memory and augments them with one affine warp per batch (see `augment.py`);
-- **streaming**: too many images for the budget, so each epoch decodes files in parallel
-  `tf.data` workers.
+  beyond `cache_budget_mb` the same array is a memory-mapped file on disk (`spill_array`), so
+  memory stays bounded at any dataset size while images are still decoded only once;
+- **streaming** (`cache=False`, one-pass uses): each epoch decodes files in parallel `tf.data` workers.
 """
 from __future__ import annotations
 
@@ -33,14 +34,16 @@ from .sources import Split, _list_paths  # noqa: E402
 LABEL_MODES = ("categorical", "binary", "int", None)
 
 
-def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding"):
+def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding", out=None):
     """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
+
+    `out` is an array to decode into (a memory-mapped spill file), else one is allocated in memory.
 
     Decoding runs in tf.data's parallel map (PIL releases the GIL while it decodes and resizes);
     measured faster than a thread pool of the same size, and it adapts to the cores it finds.
     """
     h, w = image_size
-    out = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
+    out = np.zeros((len(paths), h, w, 3), dtype=np.uint8) if out is None else out
     errors: dict[int, str] = {}
 
     def one(i):
@@ -64,6 +67,21 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
         bar.update(len(x))
     bar.close()
     return out, errors
+
+
+def spill_array(n: int, h: int, w: int):
+    """A (n, h, w, 3) uint8 array backed by a file on disk (numpy memmap) instead of memory.
+
+    The file lives in $RETREINO_SPILL_DIR (default: the system temp folder) and is unlinked at
+    once, so the disk space comes back when the array goes, even after a crash. Pages are file-backed:
+    the kernel writes them out and drops them under memory pressure, which anonymous memory cannot do.
+    """
+    import tempfile
+
+    folder = os.environ.get("RETREINO_SPILL_DIR") or None
+    fh = tempfile.TemporaryFile(prefix="retreino-cache-", suffix=".u8", dir=folder)
+    fh.truncate(n * h * w * 3)
+    return np.memmap(fh, dtype=np.uint8, mode="r+", shape=(n, h, w, 3))
 
 
 def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch") -> np.ndarray:
@@ -146,19 +164,27 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
     augmenting = training and augment is not None and augment.enabled
     n = len(paths)
 
-    if cache and n * h * w * 3 <= cache_budget_mb * 2**20:
+    fits = n * h * w * 3 <= cache_budget_mb * 2**20
+    if cache:
         what = f"decoding {split_or_paths.name}" if scanned else "decoding"
-        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what)
+        if not fits:
+            from ..console import info
+
+            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
+                 f"cache budget: caching them in a memory-mapped file on disk instead")
+        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
+                                      out=None if fits else spill_array(n, h, w))
+        rows = np.arange(n)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
             paths, labels = _drop_bad(paths, labels, set(errors), training, "decoded")
-            images = images[keep]
+            rows = np.flatnonzero(keep)  # an index, not images[keep]: that would copy a spilled cache into memory
             n = len(paths)
 
         # Batches are gathered from the NumPy array itself: tf.constant would copy it, slowly
         # (seconds for a few hundred MB, measured).
         def gather(idx):
-            return images[idx]
+            return np.ascontiguousarray(images[rows[idx]])
 
         def pixels(idx):
             x = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
@@ -174,13 +200,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             ds = ds.map(lambda i: (pixels(i), tf.gather(label_t, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
             ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        if cache:
-            from ..console import info
-
-            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
-                 f"cache budget: decoding them again every epoch (raise cache_budget_mb to cache)")
-
+    else:  # cache=False: decode the files again every epoch (prediction, check-data: one pass)
         def decode(path):
             return read_image(path.decode(), (h, w), resize_mode)
 
