@@ -78,7 +78,7 @@ def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
     changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict,
-                   tensorboard=args.tensorboard, mlflow=args.mlflow)
+                   tensorboard=getattr(args, "tensorboard", None), mlflow=getattr(args, "mlflow", None))  # cv, tune: no such flags
     changes = {k: v for k, v in changes.items() if v is not None}
     aug = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in AUGMENT.items()}
     aug = {k: v for k, v in aug.items() if v is not None}
