@@ -83,7 +83,7 @@ SERVE_CONSTRAINTS: dict[str, list] = {
     "batch_wait_ms": [Interval(Real, 0, None)],
     "max_queue": [Interval(Integral, 1, None)],
     "decode_threads": [Interval(Integral, 1, None)],
-    "resize_mode": [StrOptions(RESIZE_MODES)],
+    "resize_mode": [StrOptions(RESIZE_MODES), NONE],  # None: the model's own
 }
 
 
