@@ -14,9 +14,9 @@ import numpy as np
 from .. import _env
 from ..atomic import write_bytes
 from ..inference.exports import EXPORT_FILES, META_FILE
+from ..inference.predictor import model_input
 from ..inference.runtimes import quiet_native
 from ..models.info import LoadedModel, ModelInfo, labels_text
-from ..preprocessing import scale_pixels_np
 from .images import _load_pixels
 from .keras2_h5 import ExportError, write_keras2_h5
 
@@ -210,7 +210,7 @@ def _quiet():
 def _representative(paths: Sequence[Path], info: ModelInfo):
     def gen():
         for i in range(0, len(paths)):
-            x = scale_pixels_np(_load_pixels([paths[i]], info), info.preprocessing)
+            x = model_input(_load_pixels([paths[i]], info), info)
             yield [x.astype(np.float32)]
 
     return gen

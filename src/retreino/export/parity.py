@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
+from ..inference.predictor import model_input
 from ..models.info import ModelInfo
-from ..preprocessing import scale_pixels_np
 
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
@@ -54,5 +54,5 @@ def median_latency_ms(fn, x, runs: int = 20, warmup: int = 3) -> float:
 def _latency_ms(runtime, info: ModelInfo, runs: int = 20) -> float:
     """Median batch-1 latency after warm-up, in milliseconds."""
     h, w = info.input_size
-    x = scale_pixels_np(np.full((1, h, w, 3), 128, np.uint8), info.preprocessing)
+    x = model_input(np.full((1, h, w, 3), 128, np.uint8), info)
     return round(median_latency_ms(runtime, x, runs), 3)
