@@ -210,16 +210,15 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     both = with_features(loaded.model)
 
     def forward(ds):
-        from .inference import probabilities
+        from .inference.predictor import head_probabilities
 
         outs, labels = [], []
         for x, y in ds:
             outs.append(np.asarray(both(x, training=False)))
             y = np.asarray(y)
             labels.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64).reshape(-1))
-        raw = np.concatenate(outs)
-        head_out, feats = split_outputs(raw, units)
-        return probabilities(head_out, info.head), feats, np.concatenate(labels)
+        probs, feats = head_probabilities(np.concatenate(outs), info.head, units)
+        return probs, feats, np.concatenate(labels)
 
     trainer.printer("Calibrating: temperature and unknown detector from the training and validation features")
     _, train_f, train_y = forward(train_ds)

@@ -41,6 +41,23 @@ def probabilities(outputs: np.ndarray, head: str) -> np.ndarray:
     return out
 
 
+def model_input(pixels: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """[0, 255] pixels -> the model's input, scaled as its metadata records (the one NumPy scaling path)."""
+    return scale_pixels_np(pixels, info.preprocessing)
+
+
+def head_probabilities(outputs: np.ndarray, head: str, head_units: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A forward pass's outputs -> (per-class probabilities, pooled features or None).
+
+    Exports with an unknown detector emit [head | features] as one tensor: the first `head_units`
+    columns go through `probabilities`, the rest are the features.
+    """
+    from ..ood import split_outputs
+
+    head_out, features = split_outputs(outputs, head_units)
+    return probabilities(head_out, head), features
+
+
 def resize_mode_of(info: ModelInfo) -> str:
     """How the model was trained to fit images to its input, when its metadata says so; else stretch."""
     mode = getattr(info, "resize_mode", None) or getattr(info, "resize", None)
@@ -106,11 +123,9 @@ class Predictor:
     def predict_pixels_full(self, pixels: np.ndarray) -> dict:
         """Calibrated `probabilities`, the `raw` ones, and `unknown_score` (None without a detector)."""
         from ..calibration import apply_temperature
-        from ..ood import split_outputs
 
-        x = scale_pixels_np(pixels, self.info.preprocessing)
-        head_out, features = split_outputs(self.backend(x), self._head_units)
-        raw = probabilities(head_out, self.info.head)
+        raw, features = head_probabilities(self.backend(model_input(pixels, self.info)), self.info.head,
+                                           self._head_units)
         safety.check_finite_outputs(raw, self.info.source or "the model")  # never a `nan%`
         scores = self.unknown.score(features) if (self.unknown is not None and features is not None) else None
         return {"probabilities": apply_temperature(raw, self.info.temperature), "raw": raw, "unknown_score": scores}
