@@ -950,3 +950,42 @@ def test_idle_connections_are_closed_by_the_server(hardened_server):
         slow = time.monotonic() - started
     print(f"slow headers: connection closed, noticed after {slow:.1f} s")
     assert slow < 15
+
+
+@pytest.mark.slow
+def test_disk_full_while_saving_the_best_model_is_one_line_and_keeps_the_best(tiny_model_dir, tmp_path):
+    """A real full filesystem (a 3 MB tmpfs): the save fails with ENOSPC, the error names the folder,
+    the previous best model still loads."""
+    import keras
+
+    from retreino import load_model, runs
+    from retreino.training import TrainingError, _Trainer
+
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        loaded = load_model(tiny_model_dir / "fine_tuned_model.keras")
+        trainer = object.__new__(_Trainer)  # only what save_best uses: the run folder and the model info
+        trainer.run_dir, trainer.info = mnt / "run", loaded.info
+        trainer.run_dir.mkdir()
+        trainer.save_best(loaded.model)  # fits: the first best model
+        best = trainer.run_dir / runs.BEST_KERAS
+        first = best.read_bytes()
+        with open(mnt / "filler", "wb") as f:  # fill the disk for real
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        model = keras.models.clone_model(loaded.model)
+        with pytest.raises(TrainingError) as err:
+            trainer.save_best(model)
+        message = _one_line(err.value, "no space left on", str(mnt), "intact in", str(best))
+        print("\n" + message)
+        assert best.read_bytes() == first
+        assert load_model(best).info.class_names == ["cats", "dogs"]
+        assert not any(p.exists() for p in runs.pending_best(trainer.run_dir).values())
+    finally:
+        subprocess.run(["umount", str(mnt)])
