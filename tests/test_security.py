@@ -854,3 +854,139 @@ def test_an_upload_that_stalls_is_timed_out(monkeypatch):
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def hardened_server():
+    """A real server with small budgets: 20 MB of uploads in flight, 1 s keep-alive and header deadline."""
+    from test_serve import SERVER_ARGS, start_server
+
+    env = {"RETREINO_MAX_UPLOAD_MB_IN_FLIGHT": "20", "RETREINO_KEEP_ALIVE_S": "1", "RETREINO_HEADER_TIMEOUT_S": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        server = start_server(*SERVER_ARGS)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_concurrent_uploads_share_one_memory_budget(hardened_server):
+    """48 clients at once, each sending 4 files of 0.9 MB or one oversize file: the server holds at most
+    20 MB of uploads, answers the rest 503 in one JSON line, and its memory stays bounded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    server = hardened_server
+    before = server.rss_mb()
+    big = os.urandom(900_000)
+    oversize = os.urandom(3_000_000)
+
+    def send(i: int) -> tuple[int, str]:
+        files = [("files", (f"{i}_{k}.jpg", big, "image/jpeg")) for k in range(4)] if i % 2 else \
+            [("files", (f"{i}.jpg", oversize, "image/jpeg"))]
+        try:
+            r = httpx.post(f"{server.url}/predict", files=files, timeout=60)
+            return r.status_code, r.text
+        except httpx.TransportError as exc:  # refused early while still sending
+            return 0, str(exc)
+
+    statuses = []
+    for _ in range(3):  # rounds: memory must not creep up round after round
+        with ThreadPoolExecutor(48) as pool:
+            statuses += list(pool.map(send, range(48)))
+    after = server.rss_mb()
+    codes = [s for s, _ in statuses]
+    busy = [t for s, t in statuses if s == 503 and "uploads_busy" in t]
+    print(f"\nRSS {before:.0f} -> {after:.0f} MB; answers {sorted(set(codes))}: "
+          f"{codes.count(503)} x 503, {codes.count(413)} x 413, {codes.count(0)} resets")
+    assert busy, statuses[:5]
+    assert len(busy[0].splitlines()) == 1 and json.loads(busy[0])["detail"].count("limit 20 MB") == 1, busy[0]
+    assert 413 in codes
+    assert after - before < 300, (before, after)
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    r = httpx.post(f"{server.url}/predict", files=[("files", ("a.jpg", b"x" * 10, "image/jpeg"))], timeout=30)
+    assert r.status_code != 503, r.text  # the budget was given back
+
+
+@pytest.mark.slow
+def test_idle_connections_are_closed_by_the_server(hardened_server):
+    """A connection that sends nothing, and one left idle after a request, are closed within ~1 s."""
+    import socket
+    import time
+
+    host, port = hardened_server.url.rsplit("/", 1)[1].split(":")
+    waited = {}
+    for case in ("never sends", "idle after a request"):
+        with socket.create_connection((host, int(port)), timeout=15) as s:
+            if case == "idle after a request":
+                s.sendall(f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+                assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            started = time.monotonic()
+            try:
+                while s.recv(4096):
+                    pass
+                closed = True
+            except socket.timeout:
+                closed = False
+            waited[case] = time.monotonic() - started
+        assert closed, f"{case}: still open after {waited[case]:.1f} s"
+    print("\nclosed after " + ", ".join(f"{k}: {v:.1f} s" for k, v in waited.items()))
+    # A slowloris: its headers a byte every 0.1 s, never finished. The server hangs up on it.
+    with socket.create_connection((host, int(port)), timeout=15) as s:
+        started = time.monotonic()
+        with pytest.raises(OSError):  # a broken pipe or reset once the server has closed
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                s.sendall(bytes([byte]))
+                time.sleep(0.1)
+        slow = time.monotonic() - started
+    print(f"slow headers: connection closed, noticed after {slow:.1f} s")
+    assert slow < 15
+
+
+@pytest.mark.slow
+def test_disk_full_while_saving_the_best_model_is_one_line_and_keeps_the_best(tiny_model_dir, tmp_path):
+    """A real full filesystem (a 3 MB tmpfs): the save fails with ENOSPC, the error names the folder,
+    the previous best model still loads."""
+    import keras
+
+    from retreino import load_model, runs
+    from retreino.training import TrainingError, _Trainer
+
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        loaded = load_model(tiny_model_dir / "fine_tuned_model.keras")
+        trainer = object.__new__(_Trainer)  # only what save_best uses: the run folder and the model info
+        trainer.run_dir, trainer.info = mnt / "run", loaded.info
+        trainer.run_dir.mkdir()
+        trainer.save_best(loaded.model)  # fits: the first best model
+        best = trainer.run_dir / runs.BEST_KERAS
+        first = best.read_bytes()
+        with open(mnt / "filler", "wb") as f:  # fill the disk for real
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        model = keras.models.clone_model(loaded.model)
+        with pytest.raises(TrainingError) as err:
+            trainer.save_best(model)
+        message = _one_line(err.value, "no space left on", str(mnt), "intact in", str(best))
+        print("\n" + message)
+        assert best.read_bytes() == first
+        assert load_model(best).info.class_names == ["cats", "dogs"]
+        assert not any(p.exists() for p in runs.pending_best(trainer.run_dir).values())
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -344,6 +344,23 @@ class _Trainer:
         return cbs + [recorder, progress] + self.extra_callbacks
 
     def save_best(self, model):
+        try:
+            self._save_best(model)
+        except OSError as exc:
+            import errno
+
+            # h5py reports a full disk as an OSError without errno, "errno = 28" in its text.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and "errno = 28" not in str(exc):
+                raise
+            for path in runs.pending_best(self.run_dir).values():  # half-written: free their space
+                path.unlink(missing_ok=True)
+            best = Path(self.run_dir) / runs.BEST_KERAS
+            kept = f"the best model so far is intact in {best}" if best.exists() else "no best model was saved yet"
+            reason = exc.strerror or "No space left on device"
+            raise TrainingError(f"no space left on {Path(self.run_dir).resolve()}: saving the best model failed "
+                                f"({reason}); {kept}. Free some space and resume with --resume") from None
+
+    def _save_best(self, model):
         loaded = LoadedModel(model, self.info)
         pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
         save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)

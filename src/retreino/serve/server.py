@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import socket
 import sys
 
@@ -15,6 +16,35 @@ from .app import ServeSettings, create_app, model_name
 from .hosts import CheckHost, OneLineDisconnects
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+# An idle keep-alive connection is closed after this many seconds (uvicorn's own default, stated here
+# so that it is ours to document: docs/security.md).
+KEEP_ALIVE_S = float(os.environ.get("RETREINO_KEEP_ALIVE_S", "5"))
+# uvicorn 0.54 has no timeout for a new connection's request headers: one that connects and sends
+# nothing (or its headers a byte at a time) is held forever. HeaderDeadlineH11 closes it.
+HEADER_TIMEOUT_S = float(os.environ.get("RETREINO_HEADER_TIMEOUT_S", "10"))
+# Past this many connections or tasks, uvicorn answers new requests 503.
+MAX_CONNECTIONS = int(os.environ.get("RETREINO_MAX_CONNECTIONS", "256"))
+
+
+def _header_deadline_protocol():
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11(H11Protocol):
+        """uvicorn's h11 protocol, closing a new connection whose first request has not begun in time."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            if self.cycle is None and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadlineH11
 
 
 def is_loopback(host: str) -> bool:
@@ -94,7 +124,9 @@ def serve(
         raise
     app = create_app(predictor, settings, model_file=str(model), class_names=classes)
     app = OneLineDisconnects(CheckHost(app, loopback_only=is_loopback(bound_host)))  # see serve/hosts.py
-    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
+                            http=_header_deadline_protocol())
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 

@@ -51,7 +51,15 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
     kind = kind.decode("latin-1").lower()
     declared = request.headers.get("content-length")
     declared = int(declared) if declared and declared.isdigit() else None
-    chunks = _slow_body_timeout(request.stream().__aiter__(), BODY_TIMEOUT_S)
+    held = _Held(IN_FLIGHT)
+    try:
+        return await _read_uploads(request, kind, params, declared, held, max_file_bytes, max_files)
+    finally:
+        held.release()  # the bytes now belong to the caller (or to nobody): stop counting them
+
+
+async def _read_uploads(request, kind, params, declared, held, max_file_bytes: int, max_files: int) -> list[Upload]:
+    chunks = _Counted(_slow_body_timeout(request.stream().__aiter__(), BODY_TIMEOUT_S), held)
 
     if kind == "multipart/form-data":
         if declared is not None and declared > max_files * (max_file_bytes + PART_OVERHEAD):
@@ -69,6 +77,7 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
                 collector.write(chunk)
             collector.finish()
         except UploadError:
+            collector.uploads, collector._data = [], bytearray()  # free them before draining the rest
             await _drain(chunks)
             raise
         except MultipartParseError as exc:
@@ -78,11 +87,15 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
         if declared is not None and declared > max_file_bytes:
             raise _too_large("upload", declared, max_file_bytes)
         body = bytearray()
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > max_file_bytes:
-                await _drain(chunks)
-                raise _too_large("upload", None, max_file_bytes)
+        try:
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > max_file_bytes:
+                    raise _too_large("upload", None, max_file_bytes)
+        except UploadError:
+            del body  # free it before draining the rest
+            await _drain(chunks)
+            raise
         name = request.headers.get("x-filename") or "upload"
         uploads = [Upload(name, kind, bytes(body))]
     else:
@@ -96,6 +109,58 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
     return uploads
 
 
+# Every request buffers its files in memory while they arrive; many at once could exhaust it (16
+# clients x 16 files x 10 MB = 2.5 GB). All requests together may hold at most this much body at
+# once; past it a new chunk is answered 503 and its buffers freed.
+MAX_IN_FLIGHT_BYTES = int(float(os.environ.get("RETREINO_MAX_UPLOAD_MB_IN_FLIGHT", "256")) * 1_000_000)
+
+
+class InFlight:
+    """Upload bytes held by all requests of this process (one event loop: no lock needed)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.bytes = 0
+
+
+IN_FLIGHT = InFlight(MAX_IN_FLIGHT_BYTES)
+
+
+class _Held:
+    """What one request holds of the process-wide budget."""
+
+    def __init__(self, budget: InFlight):
+        self.budget, self.bytes = budget, 0
+
+    def take(self, n: int) -> None:
+        if self.budget.bytes + n > self.budget.limit:
+            raise UploadError(503, "uploads_busy",
+                              f"the server already holds {megabytes(self.budget.bytes)} of uploads "
+                              f"(limit {megabytes(self.budget.limit)}): retry in a moment")
+        self.budget.bytes += n
+        self.bytes += n
+
+    def release(self) -> None:
+        self.budget.bytes -= self.bytes
+        self.bytes = 0
+
+
+class _Counted:
+    """The body's chunks, each taken from the budget as it arrives; once draining, dropped uncounted."""
+
+    def __init__(self, chunks, held: _Held):
+        self.chunks, self.held, self.draining = chunks, held, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self.chunks.__anext__()
+        if not self.draining:
+            self.held.take(len(chunk))
+        return chunk
+
+
 def _too_large(filename: str, size: int | None, limit: int) -> UploadError:
     size_text = f"{megabytes(size)}, " if size is not None else ""
     return UploadError(413, "file_too_large", f"{filename}: {size_text}over the {megabytes(limit)} limit per file")
@@ -103,6 +168,7 @@ def _too_large(filename: str, size: int | None, limit: int) -> UploadError:
 
 async def _drain(chunks) -> None:
     read = 0
+    chunks.draining = True  # what is dropped is not held
     try:
         async for chunk in chunks:
             read += len(chunk)
