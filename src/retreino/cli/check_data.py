@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
     p.add_argument("--strict", action="store_true", help="unreadable image files are fatal instead of skipped")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    from .label_issues import add_label_issue_args
+
+    add_label_issue_args(p)
     p.set_defaults(func=run)
 
 
@@ -25,6 +28,10 @@ def run(args) -> int:
 
     report = check_dataset(args.root, labels_csv=args.labels, val_split=args.val_split,
                            test_split=args.test_split, seed=args.seed, strict=args.strict)
+    if args.model:
+        from .label_issues import add_label_issues
+
+        add_label_issues(report, args)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -22,6 +22,7 @@ KIND_TITLES = {
     "extension": "wrong extension", "tiny": "tiny", "imbalance": "imbalance",
     "unlabeled": "unlabeled", "missing_file": "missing file", "bad_row": "bad CSV row",
     "empty_class": "empty class", "empty_split": "empty split", "ignored": "ignored",
+    "suspect_label": "suspect label",
 }
 _ORDER = {k: i for i, k in enumerate(KIND_TITLES)}
 

@@ -192,7 +192,7 @@ def pooled_features(loaded, paths: Sequence[str], *, resize_mode: str = "stretch
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: int = DEFAULT_FOLDS,
-                              seed: int = 42, C: float = 1.0) -> np.ndarray:
+                              seed: int = 42, C: float = 0.01) -> np.ndarray:
     """Each image's class probabilities from a linear head fitted on the other folds (stratified, seeded).
 
     The head is scikit-learn's LogisticRegression on standardised features: on a MobileNetV2's
