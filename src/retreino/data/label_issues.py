@@ -125,7 +125,8 @@ def _model_key(loaded, resize_mode: str) -> str:
     if src.exists():
         files = [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file())
         stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    text = f"{src.resolve() if src.exists() else src}|{stamp}|{loaded.info.preprocessing}|{loaded.info.input_size}|{resize_mode}"
+    where = src.resolve() if src.exists() else src
+    text = f"{where}|{stamp}|{loaded.info.preprocessing}|{loaded.info.input_size}|{resize_mode}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
