@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: env browser test test-fast demo bench clean
+.PHONY: env demo-env browser js test test-fast demo bench clean
 
 env: $(STAMP)
 
@@ -24,13 +24,40 @@ $(STAMP): pyproject.toml
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: env browser
+# The real TF.js runtimes of the TF.js tests (tests/test_tfjs*.py), from npm into an ignored folder.
+# Versions pinned: @teachablemachine/image 0.8.5 declares @tensorflow/tfjs 1.3.1 as its exact peer.
+NPM_DIR      := .cache/npm
+NPM_PACKAGES := @tensorflow/tfjs@1.3.1 @teachablemachine/image@0.8.5
+NPM_STAMP    := $(NPM_DIR)/.installed-$(shell echo $(NPM_PACKAGES) | cksum | cut -d' ' -f1)
+
+js: $(NPM_STAMP)
+
+$(NPM_STAMP):
+	mkdir -p $(NPM_DIR)
+	test -f $(NPM_DIR)/package.json || echo '{"private": true}' > $(NPM_DIR)/package.json
+	cd $(NPM_DIR) && npm install --no-audit --no-fund --ignore-scripts --save-exact $(NPM_PACKAGES)
+	rm -f $(NPM_DIR)/.installed-*
+	touch $@
+
+test: env browser js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: env
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-demo: env
+# The demo needs only the base dependencies (train, evaluate, predict, report): no dev stack.
+DEMO_STAMP := $(VENV)/.demo-installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+demo-env: $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	rm -f $(VENV)/.demo-installed-*
+	touch $@
+
+demo: demo-env
 	$(BIN)/python -m retreino.demo
 
 bench: env

@@ -28,7 +28,8 @@ def pytest_configure(config):
 def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Path:
     """root/<split>/{cats,dogs}/ holding the first n photos of each class of each split of cats_vs_dogs.
 
-    Links by default (cheap); `copy=True` for tests that alter or move the files.
+    Hard links by default (cheap; copies across file systems): a symlink out of the data folder is
+    refused by load_dataset (see retreino.safety). `copy=True` for tests that alter or move the files.
     """
     for split, n in per_split.items():
         for cls in ("cats", "dogs"):
@@ -38,8 +39,17 @@ def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Pat
                 if copy:
                     shutil.copy(f, dst / f.name)
                 else:
-                    os.symlink(f, dst / f.name)
+                    link_or_copy(f, dst / f.name)
     return root
+
+
+def link_or_copy(src: Path, dst: Path) -> Path:
+    """A hard link to a shared photo (a copy across file systems): never a symlink out of a data folder."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+    return dst
 
 
 def real_images(split: str = "test", cls: str = "cats", n: int = 8) -> list[Path]:

@@ -72,6 +72,11 @@ def test_mean_and_std_are_those_of_the_per_fold_metrics(cv_run):
         assert f["accuracy"] == pytest.approx(float(row[header.index("val_accuracy")]), abs=1e-6)
 
 
+def _file_id(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def test_folds_are_stratified_disjoint_and_leave_test_untouched(cv_run):
     cv_dir, data, _, _ = cv_run
     plan = json.loads((cv_dir / "plan.json").read_text())
@@ -82,14 +87,16 @@ def test_folds_are_stratified_disjoint_and_leave_test_untouched(cv_run):
         held = {p for p, fold in plan["assignment"].items() if fold == k}
         assert {p.split("/")[1] for p in held} == {"cats", "dogs"} and len(held) == 8  # 4 + 4: stratified
         fold_data = cv_dir / "data" / f"fold_{k}"
-        val = {os.path.realpath(p) for p in (fold_data / "validation").rglob("*.jpg")}
-        train = {os.path.realpath(p) for p in (fold_data / "train").rglob("*.jpg")}
-        assert val == {os.path.realpath(data / p) for p in held}
+        # Fold folders hold hard links (a symlink out of a data folder is refused): same file = same inode.
+        val = {_file_id(p) for p in (fold_data / "validation").rglob("*.jpg")}
+        train = {_file_id(p) for p in (fold_data / "train").rglob("*.jpg")}
+        assert val == {_file_id(data / p) for p in held}
         assert not val & train and len(train) == 8
         assert not (fold_data / "test").exists()
         # The links keep the class: a cat held out in fold k is under validation/cats.
+        cats = {_file_id(p) for p in data.rglob("cats/*.jpg")}
         for p in (fold_data / "validation" / "cats").iterdir():
-            assert "/cats/" in os.path.realpath(p)
+            assert _file_id(p) in cats
         record = json.loads((cv_dir / f"fold_{k}" / "config.json").read_text())
         assert record["config"]["seed"] == 7 and record["config"]["test_split"] == 0.0
         assert record["data"]["class_names"] == ["cats", "dogs"]

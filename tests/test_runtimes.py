@@ -90,7 +90,7 @@ def test_runtime_override(runtime, retrained_run, retrained_exports, pixels):
     from retreino import load_model
     from retreino.inference import Predictor
 
-    loaded = load_model(retrained_run)
+    loaded = load_model(retrained_run, unsafe=runtime == "savedmodel")  # a SavedModel is a program: --unsafe
     p = Predictor(loaded, runtime=runtime)
     assert p.runtime == runtime and p.class_names == ["cats", "dogs"]
     probs = p.predict_pixels(pixels)
@@ -117,7 +117,7 @@ def test_an_export_opens_by_path_with_its_labels_and_scaling(retrained_exports, 
     from retreino.runtimes import load_runtime
 
     for fmt in ("onnx", "tflite", "tflite-int8", "savedmodel", "tm"):
-        runtime = load_runtime(retrained_exports[fmt].folder)
+        runtime = load_runtime(retrained_exports[fmt].folder, unsafe=fmt == "savedmodel")  # a program: --unsafe
         assert runtime.info.class_names == ["cats", "dogs"]
         assert runtime.info.preprocessing == "tf" and runtime.info.input_size == (224, 224)
     p = Predictor(str(retrained_exports["onnx"].file))

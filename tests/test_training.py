@@ -70,13 +70,13 @@ def trained_run(tmp_path_factory):
 
     data = _subset(tmp_path_factory.mktemp("data"), 100, 50)
     runs = tmp_path_factory.mktemp("runs")
-    return train(model=str(WATER_BOTTLES), data=str(data), epochs=1, warmup_epochs=1, runs_dir=str(runs), name="cats")
+    return train(model=str(WATER_BOTTLES), data=str(data), epochs=1, runs_dir=str(runs), name="cats")
 
 
 @pytest.mark.slow
 def test_training_run_learns_and_writes_every_file(trained_run):
     run = trained_run
-    assert len(run.history) == 2 and [r["phase"] for r in run.history] == ["warmup", "finetune"]
+    assert len(run.history) == 2 and [r["phase"] for r in run.history] == ["linear-probe", "finetune"]
     assert max(r["val_accuracy"] for r in run.history) > 0.8
     d = run.dir
     for name in ("config.json", "fine_tuned_model.keras", "fine_tuned_model.h5", "last.keras", "labels.txt",
@@ -114,7 +114,7 @@ def test_dry_run_lists_trainable_layers(capsys, tmp_path):
 def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
     data = _subset(tmp_path / "data", 30, 10)
     args = ["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp_path / "runs"),
-            "--name", "nan", "--warmup-epochs", "1", "--epochs", "3", "--no-augment"]
+            "--name", "nan", "--head-init", "warmup", "--warmup-epochs", "1", "--epochs", "3", "--no-augment"]
     # Plain SGD at an infinite rate turns weights into inf and NaN at the first fine-tuning step.
     assert main(args + ["--optimizer", "sgd", "--lr", "inf"]) == 2
     err = capsys.readouterr().err
@@ -128,7 +128,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     data = _subset(tmp_path / "data", 60, 20)
     run = tmp_path / "runs" / "killed"
     cmd = [sys.executable, "-m", "retreino", "train", "--model", str(WATER_BOTTLES), "--data", str(data),
-           "--runs-dir", str(tmp_path / "runs"), "--name", "killed", "--warmup-epochs", "1", "--epochs", "3"]
+           "--runs-dir", str(tmp_path / "runs"), "--name", "killed", "--head-init", "warmup", "--warmup-epochs", "1", "--epochs", "3"]
     env = {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     state = run / "state.json"

@@ -100,9 +100,14 @@ class RunRecorder(keras.callbacks.Callback):
         value = float(logs.get(self.monitor, float("nan")))
         best = self.state.get("best")
         improved = best is None or value > best
+        best_loss = self.state.get("best_val_loss")  # set by the linear probe (recipe.py): beat it in loss too
+        if improved and best_loss is not None:
+            improved = float(logs.get("val_loss", float("inf"))) <= best_loss
         if improved:
             self.save_best(self.saved_model)
             self.state.update(best=value, best_epoch=epoch + 1)
+            if best_loss is not None:
+                self.state["best_val_loss"] = float(logs["val_loss"])
             logs["_best"] = True
         with atomic_path(self.run_dir / runs.LAST) as tmp:
             self.saved_model.save(tmp)  # with optimizer state, for --resume

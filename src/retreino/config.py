@@ -51,7 +51,7 @@ class TrainConfig:
     labels_csv: str | None = None  # CSV of filename,label (default: labels.csv in the data folder)
     val_split: float = 0.2  # used when the data has no validation/ folder
     test_split: float = 0.1  # used when the data has no test/ folder
-    resize: str = "stretch"  # stretch | crop | pad
+    resize: str | None = None  # stretch | crop | pad; None: the model's own (ModelInfo.resize)
     strict: bool = False  # bad image files are fatal instead of skipped
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_budget_mb: int = 2048  # decoded images are cached in memory when they fit
@@ -69,6 +69,7 @@ class TrainConfig:
     monitor: str = "val_accuracy"
 
     # Beyond the notebook.
+    head_init: str = "linear-probe"  # a new head: linear-probe (fit on frozen features, LP-FT) | warmup (epochs)
     warmup_epochs: int = 3  # head-only epochs when the head is new
     warmup_learning_rate: float = 1e-3
     dropout: float = 0.0  # before a new head
@@ -84,6 +85,10 @@ class TrainConfig:
     # Where results go.
     runs_dir: str = "runs"
     name: str | None = None
+
+    # Tracking (optional extras): TensorBoard event files in the run directory, an MLflow URI.
+    tensorboard: bool = False
+    mlflow: str | None = None  # tracking URI; the CLI's bare --mlflow means a local "mlruns" file store
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

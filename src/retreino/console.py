@@ -31,6 +31,25 @@ def key_values(pairs: Sequence[tuple[str, object]]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs)
 
 
+def progress_allowed() -> bool:
+    """Progress output (bars, "loading ..." lines) is for a person watching: a terminal or Jupyter.
+
+    In a log file a bar would write every update, and scripts read stderr for the one-line
+    error; the one-line summaries that commands print are enough there. RETREINO_QUIET=1 turns it off.
+    """
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    return interactive and os.environ.get("RETREINO_QUIET", "") in ("", "0")
+
+
+def status(message: str) -> None:
+    """A line saying what is happening now ("loading the model ..."), before a phase that may take seconds.
+
+    Its own full line on stderr, so it never shares one with a result or a bar; shown where bars are.
+    """
+    if progress_allowed():
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "", unit: str = "it", **kw):
     """A tqdm bar on stderr; quiet when RETREINO_QUIET is set. Shows rate and ETA."""
     try:  # notebook widgets when Jupyter can draw them, else a plain text bar (no IProgress warning)
@@ -39,10 +58,7 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
     except ImportError:
         from tqdm.std import tqdm
 
-    # A bar belongs on a terminal or in Jupyter; in a log file it would write every update
-    # (the one-line summaries that commands print are enough there).
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    disable = os.environ.get("RETREINO_QUIET", "") not in ("", "0") or not interactive
+    disable = not progress_allowed()
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True, **kw)
 
 
@@ -52,3 +68,17 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+# The command that continues the work now in progress, for the CLI's "interrupted" line.
+_resume_command: str | None = None
+
+
+def set_resume_command(command: str | None) -> None:
+    """Remember how to continue what is running (training: `retreino train --resume RUN_DIR`)."""
+    global _resume_command
+    _resume_command = command
+
+
+def resume_command() -> str | None:
+    return _resume_command

@@ -58,14 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         data, model = download_data(), "mobilenet_v2"
         print(f"Demo: {data} with ImageNet MobileNetV2 (downloaded by Keras)")
 
-    steps = [
-        ["train", "--model", str(model), "--data", str(data), "--epochs", str(args.epochs),
-         "--runs-dir", args.runs_dir, "--name", "demo"],
-    ]
-    code = cli(steps[0])
+    # The run gets its default name (runs/cats_vs_dogs-water_bottles), the one the README's commands use.
+    code = cli(["train", "--model", str(model), "--data", str(data), "--epochs", str(args.epochs),
+                "--runs-dir", args.runs_dir])
     if code:
         return code
-    run = sorted(Path(args.runs_dir).glob("demo*"), key=lambda p: p.stat().st_mtime)[-1]
+    runs = [p for p in Path(args.runs_dir).iterdir() if (p / "config.json").is_file()]
+    run = max(runs, key=lambda p: (p / "config.json").stat().st_mtime)
     test_dir = data / "test" if (data / "test").is_dir() else data / "validation"
     cat = sorted((test_dir / "cats").iterdir())[0]
     for step in (

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import DataError, RetreinoError
+from .inference.exports import DEFAULT_RUNTIME
 
 EPS = 1e-7
 FILES = ("metrics.json", "classification_report.txt", "classification_report.json", "predictions.csv",
@@ -188,6 +189,10 @@ class EvaluationResult:
         self.plot_confusion_matrix()
         self.plot_scatter()
         self.plot_misclassified()
+        if self.metrics.get("calibration"):
+            from .calibration import reliability_figure
+
+            self._save(reliability_figure(self.metrics["calibration"]), None, "reliability.png")
         return out
 
     def summary(self) -> str:
@@ -319,9 +324,9 @@ def _read_run_config(run: Path) -> dict:
 
 def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: str | os.PathLike | None = None,
              out: str | os.PathLike | None = None, split: str = "auto", labels_csv: str | os.PathLike | None = None,
-             names: str | Mapping[str, str] | None = None, batch_size: int = 32, runtime: str = "keras",
+             names: str | Mapping[str, str] | None = None, batch_size: int = 32, runtime: str = DEFAULT_RUNTIME,
              resize_mode: str | None = None, workers: int | None = None, progress: bool = True,
-             report: bool = True) -> EvaluationResult:
+             report: bool = True, ood: str | os.PathLike | None = None) -> EvaluationResult:
     """Score a model on labelled images; write the metrics, report and plots when there is somewhere to.
 
     - `evaluate(model, "data/")`: a folder of class sub-folders (all its images), or a dataset with
@@ -338,7 +343,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     >>> sorted(p.name for p in (RUNS / "eval").glob("*.png"))
     ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png']
     """
-    from .prediction import as_loaded, iter_decoded_batches, as_predictor
+    from .inference import open_predictor
+    from .prediction import iter_decoded_batches
 
     run_dir = Path(run) if run is not None else None
     cfg_settings: dict = {}
@@ -365,8 +371,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     if data is None:
         raise RetreinoError("no data to evaluate on: pass a folder of labelled images (--data)")
 
-    loaded = as_loaded(model_or_path)
-    predictor = as_predictor(loaded, runtime=runtime, resize_mode=resize_mode or "stretch")
+    predictor = open_predictor(model_or_path, runtime=runtime, resize_mode=resize_mode)
     model_classes = predictor.class_names
     images = labelled_images(data, split, labels_csv,
                              val_split=float(cfg_settings.get("val_split", 0.2)),
@@ -383,6 +388,8 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     kept_paths: list[str] = []
     kept_y: list[int] = []
     probs: list[np.ndarray] = []
+    raw_probs: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
     bar = None
     if progress:
@@ -392,9 +399,14 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     try:
         pos = 0
         for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
-                                                            predictor.resize_mode, batch_size, workers):
+                                                            resize_mode or predictor.resize_mode, batch_size,
+                                                            workers, interpolation=predictor.interpolation):
             if ok:
-                probs.append(predictor.predict_pixels(pixels))
+                full = predictor.predict_pixels_full(pixels)
+                probs.append(full["probabilities"])
+                raw_probs.append(full["raw"])
+                if full["unknown_score"] is not None:
+                    scores.append(full["unknown_score"])
             for i, path in enumerate(chunk):
                 if errs[i] is None:
                     kept_paths.append(str(path))
@@ -418,10 +430,19 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     metrics.update({
         "split": images.split,
         "data": images.description,
-        "model": str(loaded.info.source),
-        "runtime": runtime,
+        "model": str(predictor.info.source),
+        "runtime": predictor.runtime,
         "errors": len(errors),
     })
+    if len(y):
+        from .calibration import calibration_metrics
+
+        metrics["calibration"] = calibration_metrics(np.concatenate(raw_probs), y, predictor.info.temperature)
+    if ood is not None:
+        from .ood import measure_ood
+
+        metrics["ood"] = measure_ood(predictor, ood, np.concatenate(scores) if scores else None, P, y,
+                                     batch_size=batch_size, workers=workers)
     result = EvaluationResult(
         metrics=metrics,
         classification_report=format_classification_report(y, P, model_classes),

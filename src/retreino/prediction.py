@@ -20,57 +20,30 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import safety
 from .data.images import IMAGE_EXTENSIONS, read_image
 from .errors import DataError, RetreinoError
+from .ood import UNKNOWN_LABEL
+from .inference.exports import DEFAULT_RUNTIME
 
 # --------------------------------------------------------------------------- models and names
 
 
-# Calling predict("runs/cats", img) in a loop must not reload the model (or retrace its graph)
-# every time: the last few models loaded from paths, and one Predictor per model and settings, are kept.
-_LOADED: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
-_LOADED_MAX = 3
-
-
 def as_loaded(model, **load_kwargs):
-    """A LoadedModel from a LoadedModel, a Predictor or anything `load_model` accepts (path, folder, run dir)."""
-    from .inference import Predictor
-    from .models.info import LoadedModel
+    """A LoadedModel from a LoadedModel, a Predictor or anything `load_model` accepts (path, folder, run dir).
 
-    if isinstance(model, LoadedModel):
-        return model
-    if isinstance(model, Predictor):
-        return model.loaded
-    from .models import load_model
+    Read once per file: see `retreino.inference.cache`.
+    """
+    from .inference import load_cached
 
-    path = Path(model)
-    if not path.exists():
-        return load_model(model, **load_kwargs)
-    stamp = max((f.stat().st_mtime_ns for f in ([path] + (list(path.iterdir()) if path.is_dir() else []))), default=0)
-    key = (str(path.resolve()), stamp, tuple(sorted((k, str(v)) for k, v in load_kwargs.items())))
-    if key in _LOADED:
-        _LOADED.move_to_end(key)
-        return _LOADED[key]
-    loaded = load_model(model, **load_kwargs)
-    _LOADED[key] = loaded
-    while len(_LOADED) > _LOADED_MAX:
-        _LOADED.popitem(last=False)
-    return loaded
+    return load_cached(model, **load_kwargs)
 
 
-def as_predictor(model, runtime: str = "keras", resize_mode: str = "stretch", **load_kwargs):
-    """A Predictor from a Predictor, LoadedModel or path; the one place runtimes are chosen."""
-    from .inference import Predictor
+def as_predictor(model, runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, **load_kwargs):
+    """A Predictor from a Predictor, LoadedModel, model path or export: `retreino.inference.open_predictor`."""
+    from .inference import open_predictor
 
-    if isinstance(model, Predictor):
-        return model
-    loaded = as_loaded(model, **load_kwargs)
-    key = (runtime, resize_mode, json.dumps(loaded.info.to_dict(), sort_keys=True, default=str))
-    # Kept on the LoadedModel itself, so the cache goes when the model goes.
-    per_model = loaded.__dict__.setdefault("_retreino_predictors", {})
-    if key not in per_model:
-        per_model[key] = Predictor(loaded, runtime=runtime, resize_mode=resize_mode)
-    return per_model[key]
+    return open_predictor(model, runtime=runtime, resize_mode=resize_mode, **load_kwargs)
 
 
 def parse_names(names: str | Mapping[str, str] | Sequence[str] | None, class_names: Sequence[str]) -> list[str]:
@@ -126,6 +99,10 @@ class Prediction:
     top: list[tuple[str, float]]
     probabilities: dict[str, float]
     source: str | None = None
+    unknown: bool = False  # the unknown detector rejected the image: class_name is "unknown"
+    would_say: str | None = None  # the class the model would have answered
+    unknown_score: float | None = None  # higher = more like the training images
+    unknown_threshold: float | None = None
 
     @property
     def label(self) -> str:
@@ -135,7 +112,11 @@ class Prediction:
         names = [n for n, _ in self.top]
         pcts = [f"{p * 100:.1f}%" for _, p in self.top]
         w, pw = max(map(len, names)), max(map(len, pcts))
-        return "\n".join(f"{n.ljust(w)}  {q.rjust(pw)}" for n, q in zip(names, pcts))
+        lines = "\n".join(f"{n.ljust(w)}  {q.rjust(pw)}" for n, q in zip(names, pcts))
+        if self.unknown:
+            return (f"unknown (score {self.unknown_score:.4g} < threshold {self.unknown_threshold:.4g}; "
+                    f"it would have said {self.would_say})\n{lines}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +125,9 @@ class Prediction:
             "confidence": self.confidence,
             "top": [{"class": n, "probability": p} for n, p in self.top],
             "probabilities": self.probabilities,
+            "unknown": self.unknown,
+            "would_say": self.would_say,
+            "unknown_score": self.unknown_score,
         }
 
 
@@ -153,7 +137,7 @@ def _top(probs: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, flo
 
 
 def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Sequence[str] | None = None,
-            runtime: str = "keras", resize_mode: str = "stretch") -> Prediction:
+            runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, unknown: bool = True) -> Prediction:
     """Classify one image: a path, bytes, a PIL image or uint8 pixels (H, W, 3).
 
     `model` is a LoadedModel, a Predictor or a path (run directory, .keras, Teachable Machine folder).
@@ -165,10 +149,16 @@ def predict(model, image, top_k: int = 1, names: str | Mapping[str, str] | Seque
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
     pixels = _pixels(image, predictor)
-    probs = predictor.predict_pixels(pixels[None])[0]
+    full = predictor.predict_pixels_full(pixels[None])
+    probs = full["probabilities"][0]
     top = _top(probs, display, top_k)
     source = str(image) if isinstance(image, (str, os.PathLike)) else None
-    return Prediction(top[0][0], top[0][1], top, {n: float(p) for n, p in zip(display, probs)}, source)
+    p = Prediction(top[0][0], top[0][1], top, {n: float(p) for n, p in zip(display, probs)}, source)
+    if full["unknown_score"] is not None:
+        p.unknown_score, p.unknown_threshold = float(full["unknown_score"][0]), predictor.unknown.threshold
+        if unknown and p.unknown_score < p.unknown_threshold:
+            p.unknown, p.would_say, p.class_name = True, p.class_name, UNKNOWN_LABEL
+    return p
 
 
 def _pixels(image, predictor) -> np.ndarray:
@@ -182,7 +172,8 @@ def _pixels(image, predictor) -> np.ndarray:
             arr = np.clip(arr, 0, 255).astype(np.uint8)
         image = Image.fromarray(arr)
     if hasattr(image, "mode") and hasattr(image, "size"):  # a PIL image
-        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode), dtype=np.uint8)
+        return np.asarray(resize(to_rgb(image), predictor.info.input_size, predictor.resize_mode,
+                                 predictor.interpolation), dtype=np.uint8)
     if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
         raise DataError(f"{image}: no such file")
     return predictor.load_pixels(image)
@@ -202,11 +193,15 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        found = []
-        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found.extend(Path(dirpath) / f for f in sorted(filenames)
-                         if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        found, special = [], []
+        # Regular files only, loop-safe: a FIFO named photo.jpg would block the first read forever.
+        for dirpath, filenames in safety.walk_files(path, skipped=special):
+            found.extend(Path(dirpath) / f for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        if special:
+            from .console import warn
+
+            warn(f"skipping {len(special)} non-regular file(s) (FIFO, socket, device), never opened: "
+                 + ", ".join(special[:5]) + (" ..." if len(special) > 5 else ""))
         if not found:
             raise DataError(f"{text}: no image files found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return found
@@ -220,9 +215,9 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     raise DataError(f"{text}: no such file, folder or pattern")
 
 
-def _decode(path, size, mode):
+def _decode(path, size, mode, interpolation="bilinear"):
     try:
-        return read_image(path, size, mode), None
+        return read_image(path, size, mode, interpolation), None
     except DataError as exc:
         return None, str(exc)
     except Exception as exc:  # one bad file must never stop a run over thousands
@@ -230,7 +225,7 @@ def _decode(path, size, mode):
 
 
 def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "stretch", batch_size: int = 32,
-                         workers: int | None = None, prefetch: int = 3) -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
+                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear") -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
     """Yield (paths, pixels of the readable ones, their positions in the batch, per-path error or None).
 
     At most `prefetch` batches are decoded ahead of the consumer, so memory is bounded by
@@ -241,7 +236,7 @@ def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "st
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retreino-decode") as pool:
         def submit(chunk):
-            pending.append((chunk, [pool.submit(_decode, p, size, mode) for p in chunk]))
+            pending.append((chunk, [pool.submit(_decode, p, size, mode, interpolation) for p in chunk]))
 
         try:
             for chunk in chunks:
@@ -278,9 +273,10 @@ def true_class_from_path(path: Path, class_names: Sequence[str], display: Sequen
 
 
 def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int = 1,
-                        names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                        resize_mode: str = "stretch", workers: int | None = None, progress: bool = True,
-                        paths: Sequence[Path] | None = None) -> Iterator[dict[str, Any]]:
+                        names: str | Mapping[str, str] | Sequence[str] | None = None,
+                        runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
+                        progress: bool = True, paths: Sequence[Path] | None = None,
+                        unknown: bool = True) -> Iterator[dict[str, Any]]:
     """Stream one row per image (see `predict_folder`), in file order, as batches complete."""
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
@@ -291,12 +287,19 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
 
         bar = _progress(total=len(files), desc="predicting", unit="img")
     try:
-        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size, resize_mode,
-                                                             batch_size, workers):
-            probs = predictor.predict_pixels(pixels) if len(ok) else np.zeros((0, len(display)), np.float32)
+        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
+                                                             resize_mode or predictor.resize_mode, batch_size, workers,
+                                                             interpolation=predictor.interpolation):
+            full = predictor.predict_pixels_full(pixels) if len(ok) else None
+            probs = full["probabilities"] if full else np.zeros((0, len(display)), np.float32)
+            scores = full["unknown_score"] if full else None
             by_pos = dict(zip(ok, probs))
+            score_at = dict(zip(ok, scores)) if scores is not None else {}
             for i, path in enumerate(chunk):
-                yield _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
+                row = _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
+                if i in score_at:
+                    _mark_unknown(row, float(score_at[i]), predictor.unknown.threshold, unknown)
+                yield row
             if bar is not None:
                 bar.update(len(chunk))
     finally:
@@ -317,6 +320,14 @@ def _row(path: Path, probs, error, class_names, display, top_k) -> dict[str, Any
     return row
 
 
+def _mark_unknown(row: dict[str, Any], score: float, threshold: float, enabled: bool) -> None:
+    """Record the unknown score; below the threshold (and enabled) the answer becomes `unknown`."""
+    row.update(unknown_score=score, unknown=False, would_say=None)
+    if enabled and score < threshold:
+        row.update(unknown=True, would_say=row["predicted"], predicted=UNKNOWN_LABEL,
+                   correct=None if row["true"] is None else False)
+
+
 class RowWriter:
     """Writes prediction rows as CSV or JSON lines, one at a time, atomically on close.
 
@@ -332,9 +343,11 @@ class RowWriter:
             raise RetreinoError(f"unknown output format {self.fmt!r}: use csv or jsonl")
         self.class_names = list(class_names)
         self.top_k = top_k
+        safety.remove_dead_temps(self.out)  # what a killed predict left behind
         self._ctx = atomic_path(self.out)
         self._tmp = self._ctx.__enter__()
         self._fh = open(self._tmp, "w", newline="", encoding="utf-8")
+        safety.hold(self._fh)
         self.count = 0
         if self.fmt == "csv":
             self.columns = ["path", "true", "predicted", "confidence"] + [f"prob_{c}" for c in self.class_names]
@@ -351,6 +364,8 @@ class RowWriter:
                    "confidence": _round(row.get("confidence")),
                    "probabilities": {k: _round(v) for k, v in row.get("probabilities", {}).items()},
                    "error": row.get("error")}
+            if row.get("unknown_score") is not None:
+                rec.update(unknown=row["unknown"], would_say=row["would_say"], unknown_score=_round(row["unknown_score"]))
             if self.top_k > 1:
                 rec["top"] = [{"class": n, "probability": _round(p)} for n, p in row.get("top", [])]
             self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -389,16 +404,21 @@ def _fmt_prob(v) -> str:
 
 def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, batch_size: int = 32,
                    grid: str | os.PathLike | None = None, top_k: int = 1,
-                   names: str | Mapping[str, str] | Sequence[str] | None = None, runtime: str = "keras",
-                   resize_mode: str = "stretch", workers: int | None = None, fmt: str | None = None,
-                   progress: bool = True, keep_rows: bool = True, grid_size: int = 36) -> list[dict[str, Any]]:
+                   names: str | Mapping[str, str] | Sequence[str] | None = None,
+                   runtime: str = DEFAULT_RUNTIME, resize_mode: str | None = None, workers: int | None = None,
+                   fmt: str | None = None, progress: bool = True, keep_rows: bool = True, grid_size: int = 36,
+                   on_row: Callable[[dict[str, Any]], None] | None = None,
+                   summary: "RowSummary | None" = None, paths: Sequence[Path] | None = None,
+                   unknown: bool = True) -> list[dict[str, Any]]:
     """Predict every image of a folder (recursive) or glob, in batches, with bounded memory.
 
     Each row holds `path`, `true` (from the parent folder's name when it is a class, else None),
     `predicted`, `confidence`, `correct`, `top` (k pairs), `probabilities` and `error` (None, or why
     the file could not be read). With `out` the rows are streamed to CSV (or JSON lines for
     .jsonl); with `grid` a thumbnail sheet of the first `grid_size` images is drawn.
-    `keep_rows=False` returns no rows (for folders too big to hold even their rows).
+    `keep_rows=False` returns no rows (for folders too big to hold even their rows); `on_row` is
+    called with each row as it is ready (what `retreino predict` prints), and `summary` (a
+    `RowSummary`) counts them, in constant memory.
 
     >>> rows = predict_folder(RUN, DATA / "test", out=RUNS / "preds.csv", grid=RUNS / "grid.png")
     >>> len(rows), rows[0]["true"], (RUNS / "grid.png").is_file()
@@ -406,16 +426,20 @@ def predict_folder(model, folder_or_glob, out: str | os.PathLike | None = None, 
     """
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
-    files = find_images(folder_or_glob)
+    files = list(paths) if paths is not None else find_images(folder_or_glob)
     rows: list[dict[str, Any]] = []
     shown: list[dict[str, Any]] = []
     grid_at = spread(len(files), grid_size) if grid else set()
     writer = RowWriter(out, display, top_k, fmt) if out else None
     try:
         for i, row in enumerate(iter_predict_folder(predictor, None, batch_size, top_k, names, runtime, resize_mode,
-                                                    workers, progress, paths=files)):
+                                                    workers, progress, paths=files, unknown=unknown)):
             if writer:
                 writer.write(row)
+            if on_row is not None:
+                on_row(row)
+            if summary is not None:
+                summary.add(row)
             if keep_rows:
                 rows.append(row)
             if i in grid_at:
@@ -438,17 +462,60 @@ def spread(n: int, k: int) -> set[int]:
     return {round(i * (n - 1) / (k - 1)) for i in range(k)} if k > 1 else {0}
 
 
+class RowSummary:
+    """Running counts over prediction rows (constant memory): per predicted class, unreadable, accuracy.
+
+    >>> s = RowSummary.of([{"predicted": "cats", "correct": True}, {"predicted": "dogs", "correct": False}])
+    >>> s.line()
+    '2 image(s): cats 1, dogs 1; accuracy 50.0% on the 2 in a class folder'
+    """
+
+    def __init__(self):
+        self.images = self.unreadable = self.known = self.correct = 0
+        self.predicted: collections.Counter = collections.Counter()
+
+    @classmethod
+    def of(cls, rows: Iterable[Mapping[str, Any]]) -> "RowSummary":
+        summary = cls()
+        for row in rows:
+            summary.add(row)
+        return summary
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.images += 1
+        if row.get("error"):
+            self.unreadable += 1
+        if row.get("predicted"):
+            self.predicted[row["predicted"]] += 1
+        if row.get("correct") is not None:
+            self.known += 1
+            self.correct += bool(row["correct"])
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.known if self.known else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "unreadable": self.unreadable,
+            "predicted": dict(sorted(self.predicted.items())),
+            "with_known_class": self.known,
+            "accuracy": self.accuracy,
+        }
+
+    def line(self) -> str:
+        text = f"{self.images} image(s): " + ", ".join(f"{k} {v}" for k, v in sorted(self.predicted.items()))
+        if self.unreadable:
+            text += f", unreadable {self.unreadable}"
+        if self.known:
+            text += f"; accuracy {self.accuracy:.1%} on the {self.known} in a class folder"
+        return text
+
+
 def summarize_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts per predicted class, errors, and accuracy where the true class is known."""
-    counts = collections.Counter(r["predicted"] for r in rows if r.get("predicted"))
-    known = [r for r in rows if r.get("correct") is not None]
-    return {
-        "images": len(rows),
-        "unreadable": sum(1 for r in rows if r.get("error")),
-        "predicted": dict(sorted(counts.items())),
-        "with_known_class": len(known),
-        "accuracy": (sum(bool(r["correct"]) for r in known) / len(known)) if known else None,
-    }
+    return RowSummary.of(rows).as_dict()
 
 
 def show_predictions(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike | None = None, max_images: int = 36,

@@ -43,6 +43,31 @@ def describe(mode: str) -> str:
     return MODES.get(mode, mode)
 
 
+# mode -> what happens to a pixel, in the words of someone preparing images for the model
+PIXEL_WORDS = {
+    "tf": "pixels scaled to [-1, 1]",
+    "unit": "pixels scaled to [0, 1]",
+    "raw": "pixels kept in [0, 255] (the model rescales itself)",
+    "caffe": "pixels as BGR with the ImageNet mean subtracted (caffe)",
+    "torch": "pixels scaled to [0, 1], then ImageNet mean/std normalised (torch)",
+}
+RESIZE_WORDS = {"stretch": "stretched to {size}", "crop": "center-cropped to {size}", "pad": "padded to {size}"}
+
+
+def input_contract(mode: str, input_size=None, resize: str | None = None) -> str:
+    """The model's input contract in words, e.g. "pixels scaled to [-1, 1], stretched to 224x224".
+
+    >>> input_contract("tf", (224, 224), "crop")
+    'pixels scaled to [-1, 1], center-cropped to 224x224'
+    """
+    text = PIXEL_WORDS.get(mode, f"pixels scaled as {mode!r}")
+    if input_size:
+        h, w = list(input_size)[:2]
+        text += ", " + RESIZE_WORDS.get(resize or "stretch", "resized ({mode}) to {size}").format(
+            size=f"{w}x{h}", mode=resize)
+    return text
+
+
 def scale_pixels(images, mode: str):
     """Map float pixels in [0, 255] (..., H, W, 3) to the model's input range (any backend)."""
     from keras import ops

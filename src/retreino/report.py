@@ -33,8 +33,13 @@ main { padding: 8px 32px 40px; max-width: 1280px; }
 section { margin-top: 28px; }
 h2 { font-size: 19px; border-bottom: 1px solid var(--line); padding-bottom: 6px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
-table { border-collapse: collapse; margin: 6px 0 10px; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: 5px 12px; text-align: left; }
+table { border-collapse: collapse; margin: 6px 0 10px; font-variant-numeric: tabular-nums; max-width: 100%; }
+th, td { border: 1px solid var(--line); padding: 5px 12px; text-align: left; vertical-align: top; }
+/* Long absolute paths and fingerprints wrap inside their cell instead of widening the page. */
+td, code, .sub, figcaption, p { overflow-wrap: anywhere; }
+td:first-child { overflow-wrap: break-word; }  /* a setting's name keeps its width; its value wraps */
+.grid2 table { width: 100%; }
+.table-wrap { max-width: 100%; overflow-x: auto; }
 th { background: var(--bg); font-weight: 600; }
 td.num, table#metrics td:nth-child(2) { text-align: right; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 10px 0 14px; }
@@ -46,7 +51,9 @@ figure img { max-width: 100%; height: auto; border: 1px solid var(--line); borde
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 pre { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: 12px; overflow-x: auto; font-size: 13px; }
 .muted { color: var(--muted); }
-.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 18px; align-items: start; }
+.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(420px, 100%), 1fr)); gap: 18px;
+         align-items: start; }
+.grid2 > * { min-width: 0; }  /* a grid item may shrink below its content: its tables wrap, never overlap */
 details summary { cursor: pointer; color: var(--accent); }
 footer { color: var(--muted); font-size: 12px; padding: 16px 32px; border-top: 1px solid var(--line); }
 """
@@ -117,7 +124,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, table_id: str | None = None,
            pct_cols: Iterable[int] = ()) -> str:
     pct_cols = set(pct_cols)
-    out = [f'<table id="{table_id}">' if table_id else "<table>"]
+    out = ['<div class="table-wrap">' + (f'<table id="{table_id}">' if table_id else "<table>")]
     if headers:
         out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in headers) + "</tr></thead>")
     out.append("<tbody>")
@@ -127,7 +134,7 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, 
             cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
             cells.append(f"<td{cls}>{_e(_fmt(v, pct=i in pct_cols))}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -232,6 +239,31 @@ def _metrics_section(metrics: dict | None, history: list[dict], class_report: st
     return "".join(parts)
 
 
+def _calibration_section(run: Path, metrics: dict | None) -> str:
+    """Temperature scaling (ECE before/after, reliability diagram) and `evaluate --ood` rejection."""
+    cal, ood = (metrics or {}).get("calibration"), (metrics or {}).get("ood")
+    if not cal and not ood:
+        return ""
+    parts = ['<section id="calibration-section"><h2>Confidence and unknown</h2>']
+    if cal:
+        parts.append(_table([["temperature", _fmt(cal.get("temperature"))],
+                             ["expected calibration error, raw", _fmt(cal.get("ece_before"))],
+                             ["expected calibration error, temperature-scaled", _fmt(cal.get("ece_after"))]],
+                            ["calibration", "value"]))
+        if (run / "reliability.png").is_file():
+            parts.append(_img(run / "reliability.png", "reliability diagram",
+                              "Accuracy against confidence per bin: on the diagonal, a 90% answer is right 90% of the time."))
+    if ood:
+        rows = [[m, _fmt(r.get("auroc")), _fmt(r.get("ood_rejected"), pct=True), _fmt(r.get("in_rejected"), pct=True),
+                 _fmt(r.get("accuracy_kept"), pct=True)] for m, r in (ood.get("methods") or {}).items()]
+        parts.append(f"<p>Other images: <code>{_e(ood.get('folder'))}</code> ({_e(ood.get('n_ood'))} images); the model "
+                     f"answers with <b>{_e(ood.get('method'))}</b>.</p>")
+        parts.append(_table(rows, ["score", "AUROC", "other images answered unknown", "test images answered unknown",
+                                   "accuracy on the accepted test images"]))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
 def _dataset_section(cfg: dict | None) -> str:
     data = (cfg or {}).get("data") or {}
     counts: Mapping[str, Mapping[str, int]] = data.get("counts") or {}
@@ -267,9 +299,17 @@ def _config_section(cfg: dict | None) -> str:
             rows.append([k, v])
         parts.append("<div><h3>Training settings</h3>" + _table(rows, ["setting", "value"], table_id="settings") + "</div>")
     side = []
-    model = cfg.get("model") or {}
+    model = dict(cfg.get("model") or {})
     if model:
-        rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in model.items() if v not in (None, [], "")]
+        if model.get("preprocessing"):  # the contract in words, not the mode's code name ("tf")
+            from .preprocessing import input_contract
+
+            model.pop("input_size", None)
+            contract = input_contract(model.pop("preprocessing"), (cfg.get("model") or {}).get("input_size"),
+                                      settings.get("resize") or model.get("resize_mode"))
+            model = {"input": contract, **model}
+        rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else v] for k, v in model.items()
+                if v not in (None, [], "")]
         side.append("<h3>Model</h3>" + _table(rows))
     versions = cfg.get("versions") or {}
     if versions:
@@ -321,6 +361,7 @@ def build_report_html(run: Path) -> str:
     nav = [("metrics-section", "Metrics")]
     sections.append(_summary_cards(metrics, history))
     sections.append(_metrics_section(metrics, history, class_report))
+    sections.append(_calibration_section(run, metrics))
 
     figs = []
     for fname, alt, cap in (

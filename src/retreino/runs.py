@@ -90,3 +90,88 @@ def _number(v: str):
             return float(v)
         except ValueError:
             return v
+
+
+class RunLock:
+    """An flock on the run directory itself (no lock file left behind); released by `close()` or exit."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self):
+        self.close()
+
+
+def lock_run_dir(run_dir: str | Path) -> RunLock:
+    """Hold `run_dir` for this process: a second `train --resume` of the same run is one clear error.
+
+    The kernel releases the lock when the process ends, even on SIGKILL, so a killed run never
+    stays locked. Holding it, a best-model pair a kill interrupted is completed or dropped
+    (`recover_best`) and the temporary files of writes a killed run left half-done
+    (`.fine_tuned_model.XXXX.keras` ...) are removed.
+    """
+    import fcntl
+    import os
+
+    run_dir = Path(run_dir)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        from .errors import RetreinoError
+
+        raise RetreinoError(f"{run_dir} is in use by another retreino process: "
+                            "wait for it to finish, or stop it first") from None
+    recover_best(run_dir)
+    names = (CONFIG, BEST_KERAS, BEST_H5, LAST, LABELS, HISTORY, STATE, CURVES, REPORT)
+    stems = [Path(n).name.split(".")[0] for n in names]
+    for f in run_dir.iterdir():
+        if f.is_file() and any(f.name.startswith(f".{s}.") for s in stems):
+            f.unlink(missing_ok=True)  # the temporary file of an atomic write that was killed
+    return RunLock(fd)
+
+
+# The best .keras and .h5 are replaced as a pair: both written under pending names, a commit mark,
+# then the two renames. A kill anywhere leaves them from the same epoch once `recover_best` has run.
+PENDING = {BEST_KERAS: ".fine_tuned_model.pending.keras", BEST_H5: ".fine_tuned_model.pending.h5"}
+COMMIT = ".best.commit"
+
+
+def pending_best(run_dir: str | Path) -> dict[str, Path]:
+    """{final name: pending path} to save the next best model to, before `commit_best`."""
+    return {final: Path(run_dir) / pending for final, pending in PENDING.items()}
+
+
+def commit_best(run_dir: str | Path) -> None:
+    import os
+
+    run_dir = Path(run_dir)
+    write_text(run_dir / COMMIT, "")
+    _roll_forward(run_dir)
+    os.unlink(run_dir / COMMIT)
+
+
+def _roll_forward(run_dir: Path) -> None:
+    import os
+
+    for final, pending in PENDING.items():
+        if (run_dir / pending).exists():
+            os.replace(run_dir / pending, run_dir / final)
+
+
+def recover_best(run_dir: str | Path) -> None:
+    """After a kill: finish a committed pair of renames, or drop an uncommitted pair (the old best stays)."""
+    run_dir = Path(run_dir)
+    if (run_dir / COMMIT).exists():
+        _roll_forward(run_dir)
+        (run_dir / COMMIT).unlink()
+    for pending in PENDING.values():
+        (run_dir / pending).unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Fine-tuning: the notebook's recipe as a resumable run that writes a run directory.
 
-Phases: an optional head-only warm-up (only when the head is new: a random head's large
-gradients would otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
+Phases: when the head is new, a linear probe fitted on the frozen features (`recipe.py`; or the
+old head-only warm-up epochs with `head_init="warmup"`: a random head's large gradients would
+otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
 N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best-model checkpoint.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .callbacks import (  # noqa: E402
 )
 from .config import TrainConfig  # noqa: E402
 from .console import info as say  # noqa: E402
-from .console import table  # noqa: E402
+from .console import set_resume_command, status, table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
@@ -91,9 +92,9 @@ def train(
     `resume=runs/<name>` continues an interrupted run to the same epoch count.
     `callbacks` are extra Keras callbacks (e.g. a tuner's pruning callback), run after retreino's own.
 
-    >>> run = train(model=MODEL, data=DATA, epochs=1, warmup_epochs=1, runs_dir=RUNS, printer=None)
+    >>> run = train(model=MODEL, data=DATA, epochs=1, runs_dir=RUNS, printer=None)
     >>> [row["phase"] for row in run.history], run.best_model.class_names
-    (['warmup', 'finetune'], ['cats', 'dogs'])
+    (['linear-probe', 'finetune'], ['cats', 'dogs'])
     """
     printer = printer or (lambda *args, **kwargs: None)  # printer=None: a quiet run
     if resume is not None:
@@ -116,6 +117,10 @@ class _Trainer:
         from .data import load_dataset
 
         cfg = self.cfg
+        from .recipe import HEAD_INITS
+
+        if cfg.head_init not in HEAD_INITS:
+            raise RetreinoError(f"unknown head initialisation {cfg.head_init!r}: use {' or '.join(HEAD_INITS)}")
         keras.utils.set_random_seed(cfg.seed)
         self.dataset = load_dataset(
             cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
@@ -132,6 +137,8 @@ class _Trainer:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
             self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
             self.loaded = self.prepared.loaded
+        if cfg.resize:  # --resize overrides the model's contract, and the override travels with it
+            self.loaded.info.resize = cfg.resize
         self.info: ModelInfo = self.loaded.info
         head = self.info.head
         self.binary = head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
@@ -146,7 +153,8 @@ class _Trainer:
         cfg, ds, info = self.cfg, self.dataset, self.info
         common = dict(
             image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
-            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=cfg.resize,
+            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=info.resize,
+            interpolation=info.interpolation,
             cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
         )
         augment = cfg.augment if cfg.augment.enabled else None
@@ -177,6 +185,7 @@ class _Trainer:
                 return train_ds, val_ds, None
             cache_train = not augmenting and acc.fits(len(self.dataset.train))
             train_ds, val_ds = self.pipelines(ordered_train=cache_train)
+            status("Speed: converting the frozen front of the network and caching its outputs ...")
             acc.start(next(iter(val_ds))[0].numpy())
             self.printer(acc.describe())
             train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)
@@ -220,7 +229,9 @@ class _Trainer:
     def phases(self) -> list[tuple[str, int, float]]:
         cfg = self.cfg
         phases = []
-        if self.new_head and cfg.warmup_epochs > 0:
+        if self.new_head and cfg.head_init == "linear-probe":
+            phases.append(("linear-probe", 1, 0.0))  # see recipe.py: one recorded "epoch", no gradient steps
+        elif self.new_head and cfg.warmup_epochs > 0:
             phases.append(("warmup", cfg.warmup_epochs, cfg.warmup_learning_rate))
         phases.append(("finetune", cfg.epochs, cfg.learning_rate))
         return phases
@@ -243,17 +254,22 @@ class _Trainer:
             self.print_trainable()
             return None
         self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
+        self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
         write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
         write_json(self.run_dir / runs.CONFIG, self.config_record())
         state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
         runs.write_state(self.run_dir, state)
         self.printer(f"Run directory: {self.run_dir}")
+        set_resume_command(f"retreino train --resume {self.run_dir}")  # for the CLI's "interrupted" line
         return self.fit(state, history=[], resume_model=None)
 
     def fit(self, state: dict, history: list, resume_model) -> Run:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
+        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+            from .tracking import callbacks_for
+            self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         total = sum(n for _, n, _ in self.phases())
         offset = 0
         nan_guard = NanGuard()
@@ -262,6 +278,12 @@ class _Trainer:
             for phase, n_epochs, lr in self.phases():
                 end = offset + n_epochs
                 if state["epoch"] >= end:  # phase already done before a resume
+                    offset = end
+                    continue
+                if phase == "linear-probe":
+                    from .recipe import run_linear_probe
+
+                    run_linear_probe(self, state, history)
                     offset = end
                     continue
                 if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:
@@ -284,6 +306,9 @@ class _Trainer:
                 self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
                 callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
+                if cfg.distribute == "multiworker":
+                    from .speed.devices import patch_symbolic_build
+                    patch_symbolic_build(fit_model)
                 fit_model.fit(
                     train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
@@ -327,19 +352,25 @@ class _Trainer:
 
     def save_best(self, model):
         loaded = LoadedModel(model, self.info)
-        save_model(loaded, self.run_dir / runs.BEST_KERAS, write_labels=False)
+        pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
+        save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)
         # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
         # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
         # would silently switch optimizers. Keep the config intact.
         compile_config = getattr(model, "_compile_config", None)
         kept = dict(compile_config.config) if compile_config is not None else None
         try:
-            save_model(loaded, self.run_dir / runs.BEST_H5, write_labels=False)
+            save_model(loaded, pending[runs.BEST_H5], write_labels=False)
         finally:
             if kept is not None:
                 compile_config.config = kept
+        runs.commit_best(self.run_dir)
 
     def finish(self, run: Run):
+        if not run.interrupted and (self.run_dir / runs.BEST_KERAS).exists():
+            from .ood import fit_after_training
+
+            fit_after_training(self)  # temperature + unknown detector, stored with the best model
         if run.history:
             try:
                 from .plots import plot_learning_curves
@@ -408,6 +439,15 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    try:
+        return _resume_locked(run_dir, printer, callbacks)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
     record = runs.read_json(run_dir, runs.CONFIG)
     state = runs.read_json(run_dir, runs.STATE)
     if not record or not state:
@@ -443,6 +483,7 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, hist
         resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
     printer(f"Resuming {run_dir} after epoch {state['epoch']}")
+    set_resume_command(f"retreino train --resume {run_dir}")
     return trainer.fit(state, history, resume_model)
 
 

@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import RetreinoError
 
 # In the order `retreino --help` lists them; a module that is not there yet is simply absent.
-COMMANDS = ("inspect", "check_data", "train", "evaluate", "predict", "export", "serve", "cv", "tune")
+COMMANDS = ("inspect", "check_data", "train", "evaluate", "predict", "export", "serve", "cv", "tune", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retreino {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"retreino {args.command}: interrupted", file=sys.stderr)
+        print(f"retreino {args.command}: interrupted; {_after_interrupt(argv)}", file=sys.stderr)
         return 130
+
+
+def _after_interrupt(argv: list[str] | None) -> str:
+    """The exact command that continues (a run's resume) or repeats (anything else) the interrupted work."""
+    import shlex
+
+    from ..console import resume_command
+
+    command = resume_command()
+    if command:
+        return f"continue with: {command}"
+    words = sys.argv[1:] if argv is None else argv
+    return "run it again with: retreino " + " ".join(shlex.quote(str(w)) for w in words)
 
 
 if __name__ == "__main__":

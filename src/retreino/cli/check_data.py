@@ -17,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
     p.add_argument("--strict", action="store_true", help="unreadable image files are fatal instead of skipped")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--follow-links", action="store_true",
+                   help="use symlinks that resolve outside ROOT (labels-CSV rows outside ROOT are always refused)")
     from .label_issues import add_label_issue_args
 
     add_label_issue_args(p)
@@ -27,7 +29,8 @@ def run(args) -> int:
     from ..data.check import check_dataset
 
     report = check_dataset(args.root, labels_csv=args.labels, val_split=args.val_split,
-                           test_split=args.test_split, seed=args.seed, strict=args.strict)
+                           test_split=args.test_split, seed=args.seed, strict=args.strict,
+                           follow_links=args.follow_links)
     if args.model:
         from .label_issues import add_label_issues
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_model_args, model_kwargs
-
+from .common import MODEL_HELP, add_model_args, add_runtime_arg, open_model
 
 
 def register(sub) -> None:
@@ -15,7 +14,7 @@ def register(sub) -> None:
         description="Evaluate MODEL on --data DIR (class sub-folders, or a dataset with a test/ folder), "
                     "or a run's best model on its own test split with --run runs/NAME.",
     )
-    p.add_argument("model", nargs="?", help="model file or folder (.keras, .h5, Teachable Machine export, run directory)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP)
     p.add_argument("--data", metavar="DIR", help="labelled images: <class>/ sub-folders, train/validation/test/<class>/, or images + labels.csv")
     p.add_argument("--run", metavar="RUN_DIR", help="a training run: its best model on its own test split; outputs go into it")
     p.add_argument("--out", metavar="DIR", help="where to write the outputs (default: the run directory, else ./evaluation)")
@@ -24,11 +23,11 @@ def register(sub) -> None:
     p.add_argument("--labels-csv", metavar="CSV", help="filename,label CSV when labels are not folder names")
     p.add_argument("--names", metavar="MAP", help="map data classes to model classes when they differ: cats=Gato,dogs=Cachorro")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--runtime", default="keras", metavar="NAME",
-                   help="forward pass engine: keras (default), auto (fastest checked export), onnx, tflite, ...")
+    add_runtime_arg(p)
     p.add_argument("--resize", choices=("stretch", "crop", "pad"), help="how images are fitted to the input (default: the run's, else stretch)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: CPU count, 2 to 8)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--ood", metavar="DIR", help="a folder of images of other things: measure how many are answered unknown")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -36,7 +35,6 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..errors import RetreinoError
     from ..evaluation import evaluate
-    from ..prediction import as_loaded
 
     run_dir = args.run
     model = args.model
@@ -47,10 +45,10 @@ def run(args) -> int:
     if run_dir is None and not args.data:
         raise RetreinoError("--data DIR is required with a model file (or use --run RUN_DIR)")
     out = args.out or (None if run_dir else "evaluation")
-    loaded = as_loaded(model, **model_kwargs(args)) if model and not (run_dir and model == run_dir) else None
-    result = evaluate(loaded, args.data, run=run_dir, out=out, split=args.split, labels_csv=args.labels_csv,
+    predictor = open_model(args) if model and not (run_dir and model == run_dir) else None
+    result = evaluate(predictor, args.data, run=run_dir, out=out, split=args.split, labels_csv=args.labels_csv,
                       names=args.names, batch_size=args.batch_size, runtime=args.runtime, resize_mode=args.resize,
-                      workers=args.workers)
+                      workers=args.workers, ood=args.ood)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
         return 0

@@ -7,13 +7,13 @@ from pathlib import Path
 from .common import add_model_args, model_kwargs
 
 # Same as retreino.export.FORMATS, spelled out so `--help` answers without importing TensorFlow.
-FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
+FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs")
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="export to keras | h5 | tm | savedmodel | tflite | tflite-int8 | onnx, with a parity check",
+        help="export to keras | h5 | tm | savedmodel | tflite | tflite-int8 | onnx | tfjs, with a parity check",
         description=(
             "Export a model. Every export folder holds the model file, labels.txt and retreino.json "
             "(class names, input scaling, and the parity measured against the Keras model on real images). "

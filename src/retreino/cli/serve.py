@@ -1,7 +1,7 @@
 """retreino serve MODEL: a web page and REST API for predictions."""
 from __future__ import annotations
 
-from .common import add_model_args, model_kwargs
+from .common import MODEL_HELP, add_model_args, add_runtime_arg, model_kwargs
 
 
 def register(sub) -> None:
@@ -10,13 +10,17 @@ def register(sub) -> None:
         help="serve a model: a web page to drop images on and a REST API (POST /predict)",
         description="Serve a model over HTTP: a page at / for people, POST /predict for scripts, OpenAPI docs at /docs.",
     )
-    p.add_argument("model", help="model file or folder (Teachable Machine export, .h5, .keras, a retreino run)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for the network)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--runtime", default="auto", metavar="NAME",
-                   help="forward pass engine: auto (default: the fastest checked export, else keras), keras, onnx, tflite, ...")
+    add_runtime_arg(p)
     p.add_argument("--names", metavar="MAP", help="display names: cats=Gato,dogs=Cachorro (or Gato,Cachorro in class order)")
-    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch", help="how images are fitted to the model's input (default stretch, as in training)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"),
+                   help="how images are fitted to the model's input (default: the model's, as in training; else stretch)")
+    p.add_argument("--unknown", default="on", choices=("on", "off"),
+                   help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
+    p.add_argument("--in-browser", action="store_true",
+                   help="serve a static page that runs the model in the browser (TF.js; no upload, no server-side model)")
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted file (default 10)")
     g.add_argument("--max-files", type=int, default=16, metavar="N", help="most files in one request (default 16)")
@@ -43,12 +47,18 @@ def run(args) -> int:
         raise RetreinoError(f"--batch-wait-ms must be 0 or more, not {args.batch_wait_ms:g}")
     if not 0 <= args.port <= 65535:
         raise RetreinoError(f"--port must be 0 to 65535, not {args.port}")
+    if args.in_browser:  # serve/browser.py: a static tfjs export folder, nothing predicted here
+        from ..serve.browser import serve_in_browser
+
+        serve_in_browser(args.model, host=args.host, port=args.port, access_log=not args.quiet, **model_kwargs(args))
+        return 0
     settings = ServeSettings(
         max_file_mb=args.max_file_mb,
         max_files=args.max_files,
         max_batch=1 if args.no_batching else args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         resize_mode=args.resize,
+        unknown=args.unknown == "on",
     )
     serve(
         args.model,

@@ -15,6 +15,8 @@ OPTIONS = {
     "--unfreeze": ("unfreeze", int, f"train the last N layers with weights of the flattened model (default {_D.unfreeze})"),
     "--batch-size": ("batch_size", int, f"(default {_D.batch_size})"),
     "--warmup-epochs": ("warmup_epochs", int, f"head-only epochs when the head is new; 0 turns it off (default {_D.warmup_epochs})"),
+    "--head-init": ("head_init", str, "a new head starts as: linear-probe (default: logistic regression on the frozen "
+                    "features, then fine-tuning) | warmup (--warmup-epochs head-only epochs, the old way)"),
     "--warmup-lr": ("warmup_learning_rate", float, f"(default {_D.warmup_learning_rate:g})"),
     "--dropout": ("dropout", float, "dropout before a new head (default 0)"),
     "--class-weight": ("class_weight", str, "'balanced' weighs classes by inverse frequency"),
@@ -24,7 +26,7 @@ OPTIONS = {
     "--val-split": ("val_split", float, f"validation fraction when there is no validation/ folder (default {_D.val_split})"),
     "--test-split": ("test_split", float, f"test fraction when there is no test/ folder (default {_D.test_split})"),
     "--labels": ("labels_csv", str, "CSV of filename,label (default: labels.csv in the data folder)"),
-    "--resize": ("resize", str, "stretch (default, as the notebook) | crop | pad"),
+    "--resize": ("resize", str, "stretch | crop | pad (default: the model's own, e.g. crop for Teachable Machine; saved with the model)"),
     "--weights": ("weights", str, "weights file for a backbone name"),
     "--input-range": ("input_range", str, "override the model's input scaling: -1,1 | 0,1 | 0,255 | caffe | torch"),
     "--name": ("name", str, "run name (default: <data>-<model>)"),
@@ -56,6 +58,10 @@ def register(sub) -> None:
         p.add_argument(flag, type=typ, default=None, help=hlp)
     p.add_argument("--train-bn", action="store_true", default=None, help="let unfrozen BatchNormalization layers train")
     p.add_argument("--strict", action="store_true", default=None, help="unreadable images are fatal instead of skipped")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="write TensorBoard event files to <run>/tensorboard/ (tensorboard --logdir runs/)")
+    p.add_argument("--mlflow", nargs="?", const="mlruns", default=None, metavar="URI",
+                   help="log config, per-epoch metrics and the best model to MLflow (default URI: ./mlruns)")
     g = p.add_argument_group("augmentation (training split only; defaults are the notebook's)")
     for flag, (_, typ, hlp) in AUGMENT.items():
         g.add_argument(flag, type=typ, default=None, help=hlp)
@@ -68,7 +74,8 @@ def register(sub) -> None:
 def config_from_args(args) -> TrainConfig:
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
-    changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict)
+    changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict,
+                   tensorboard=args.tensorboard, mlflow=args.mlflow)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     aug = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in AUGMENT.items()}
     aug = {k: v for k, v in aug.items() if v is not None}
@@ -82,6 +89,9 @@ def config_from_args(args) -> TrainConfig:
 
 
 def run(args) -> int:
+    from ..console import status
+
+    status("loading TensorFlow and Keras ...")  # 5-20 s on a busy machine, before any other line
     from ..training import train
 
     if args.resume:

@@ -22,6 +22,7 @@ KIND_TITLES = {
     "extension": "wrong extension", "tiny": "tiny", "imbalance": "imbalance",
     "unlabeled": "unlabeled", "missing_file": "missing file", "bad_row": "bad CSV row",
     "empty_class": "empty class", "empty_split": "empty split", "ignored": "ignored",
+    "outside_data": "outside the data folder", "not_regular": "not a regular file",
     "suspect_label": "suspect label",
 }
 _ORDER = {k: i for i, k in enumerate(KIND_TITLES)}
@@ -156,10 +157,10 @@ def _describe_source(ds: Dataset) -> str:
 
 
 def check_dataset(root, *, labels_csv=None, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
-                  strict: bool = False) -> CheckReport:
+                  strict: bool = False, follow_links: bool = False) -> CheckReport:
     """Decode every file under `root` and collect every problem (see `retreino check-data`)."""
     ds = load_dataset(root, val_split=val_split, test_split=test_split, seed=seed, labels_csv=labels_csv,
-                      deep=True, warn=False, allow_fatal=True)
+                      deep=True, warn=False, allow_fatal=True, follow_links=follow_links)
     problems = list(ds.problems)
     # Files outside the dataset (no label row, stray files) are looked at too: the user may
     # want to label them, so say whether they would be readable.

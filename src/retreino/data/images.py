@@ -18,6 +18,7 @@ from ..errors import DataError
 MAX_PIXELS = int(os.environ.get("RETREINO_MAX_PIXELS", 89_478_485))
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 RESIZE_MODES = ("stretch", "crop", "pad")
+INTERPOLATIONS = ("bilinear", "lanczos", "bicubic", "nearest")
 
 
 def open_image(source):
@@ -27,6 +28,10 @@ def open_image(source):
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     name = source if isinstance(source, (str, Path)) else "image"
+    if isinstance(source, (str, Path)):
+        from ..safety import check_image_file
+
+        check_image_file(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -65,21 +70,26 @@ def to_rgb(im):
     return im
 
 
-def resize(im, size: tuple[int, int], mode: str = "stretch"):
-    """Resize a PIL image to (height, width): stretch (the notebook's), center-crop, or pad."""
+def resize(im, size: tuple[int, int], mode: str = "stretch", interpolation: str = "bilinear"):
+    """Resize a PIL image to (height, width): stretch (the notebook's), center-crop (Teachable
+    Machine's `ImageOps.fit`), or pad, with a PIL resampling filter named by `interpolation`."""
     from PIL import Image, ImageOps
 
     h, w = size
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"unknown interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}")
+    method = getattr(Image.Resampling, interpolation.upper())
     if mode == "stretch":
-        return im.resize((w, h), Image.Resampling.BILINEAR)
+        return im.resize((w, h), method)
     if mode == "crop":
-        return ImageOps.fit(im, (w, h), Image.Resampling.BILINEAR)
+        return ImageOps.fit(im, (w, h), method)
     if mode == "pad":
-        return ImageOps.pad(im, (w, h), Image.Resampling.BILINEAR, color=(0, 0, 0))
+        return ImageOps.pad(im, (w, h), method, color=(0, 0, 0))
     raise DataError(f"unknown resize mode {mode!r}: use one of {', '.join(RESIZE_MODES)}")
 
 
-def read_image(source, size: tuple[int, int] | None = None, mode: str = "stretch") -> np.ndarray:
+def read_image(source, size: tuple[int, int] | None = None, mode: str = "stretch",
+               interpolation: str = "bilinear") -> np.ndarray:
     """Pixels as uint8 (H, W, 3); resized to `size` (height, width) when given.
 
     >>> read_image("cat.jpg", (224, 224)).shape  # doctest: +SKIP
@@ -87,7 +97,7 @@ def read_image(source, size: tuple[int, int] | None = None, mode: str = "stretch
     """
     im = open_image(source)
     if size is not None:
-        im = resize(im, size, mode)
+        im = resize(im, size, mode, interpolation)
     return np.asarray(im, dtype=np.uint8)
 
 

@@ -9,8 +9,9 @@ Two paths, chosen by `cache_budget_mb`:
 - **cached** (the usual case: 2,000 images at 224x224 are 300 MB): the split is decoded once by a
   thread pool (PIL releases the GIL) into one uint8 array; every epoch then gathers shuffled
   batches from memory and augments them with one affine warp per batch (see `augment.py`);
-- **streaming**: too many images for the budget, so each epoch decodes files in parallel
-  `tf.data` workers.
+  beyond `cache_budget_mb` the same array is a memory-mapped file on disk (`spill_array`), so
+  memory stays bounded at any dataset size while images are still decoded only once;
+- **streaming** (`cache=False`, one-pass uses): each epoch decodes files in parallel `tf.data` workers.
 """
 from __future__ import annotations
 
@@ -33,20 +34,23 @@ from .sources import Split, _list_paths  # noqa: E402
 LABEL_MODES = ("categorical", "binary", "int", None)
 
 
-def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding"):
+def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "decoding", out=None,
+                 interpolation: str = "bilinear"):
     """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
+
+    `out` is an array to decode into (a memory-mapped spill file), else one is allocated in memory.
 
     Decoding runs in tf.data's parallel map (PIL releases the GIL while it decodes and resizes);
     measured faster than a thread pool of the same size, and it adapts to the cores it finds.
     """
     h, w = image_size
-    out = np.zeros((len(paths), h, w, 3), dtype=np.uint8)
+    out = np.zeros((len(paths), h, w, 3), dtype=np.uint8) if out is None else out
     errors: dict[int, str] = {}
 
     def one(i):
         i = int(i)
         try:
-            return read_image(paths[i], (h, w), resize_mode)
+            return read_image(paths[i], (h, w), resize_mode, interpolation)
         except DataError as exc:
             errors[i] = str(exc)
             return np.zeros((h, w, 3), np.uint8)
@@ -66,14 +70,29 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
     return out, errors
 
 
-def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch") -> np.ndarray:
+def spill_array(n: int, h: int, w: int):
+    """A (n, h, w, 3) uint8 array backed by a file on disk (numpy memmap) instead of memory.
+
+    The file lives in $RETREINO_SPILL_DIR (default: the system temp folder) and is unlinked at
+    once, so the disk space comes back when the array goes, even after a crash. Pages are file-backed:
+    the kernel writes them out and drops them under memory pressure, which anonymous memory cannot do.
+    """
+    import tempfile
+
+    folder = os.environ.get("RETREINO_SPILL_DIR") or None
+    fh = tempfile.TemporaryFile(prefix="retreino-cache-", suffix=".u8", dir=folder)
+    fh.truncate(n * h * w * 3)
+    return np.memmap(fh, dtype=np.uint8, mode="r+", shape=(n, h, w, 3))
+
+
+def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch", interpolation: str = "bilinear") -> np.ndarray:
     """Decode and resize every file into one uint8 array (N, H, W, 3), in order, in parallel.
 
     Raises DataError naming the files that cannot be decoded.
     """
     paths = [str(p) for p in paths]
     _check_resize(resize_mode)
-    images, errors = _decode_many(paths, tuple(image_size), resize_mode)
+    images, errors = _decode_many(paths, tuple(image_size), resize_mode, interpolation=interpolation)
     if errors:
         first = next(iter(errors.values()))
         raise DataError(f"{len(errors)} image(s) cannot be decoded: {first}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
@@ -103,7 +122,8 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
                   batch_size: int = 32, training: bool = False, augment: AugmentConfig | None = None,
                   num_classes: int | None = None, label_mode: str | None = "categorical",
                   resize_mode: str = "stretch", cache: bool = True, cache_budget_mb: float = 2048,
-                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False) -> tf.data.Dataset:
+                  shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False,
+                  interpolation: str = "bilinear") -> tf.data.Dataset:
     """A `tf.data.Dataset` of (float32 images (B, H, W, 3) scaled for the model, labels).
 
     `split_or_paths` is a `Split` from `load_dataset` (labels and class count come with it) or a
@@ -146,19 +166,27 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
     augmenting = training and augment is not None and augment.enabled
     n = len(paths)
 
-    if cache and n * h * w * 3 <= cache_budget_mb * 2**20:
+    fits = n * h * w * 3 <= cache_budget_mb * 2**20
+    if cache:
         what = f"decoding {split_or_paths.name}" if scanned else "decoding"
-        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what)
+        if not fits:
+            from ..console import info
+
+            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
+                 f"cache budget: caching them in a memory-mapped file on disk instead")
+        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
+                                      out=None if fits else spill_array(n, h, w), interpolation=interpolation)
+        rows = np.arange(n)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
             paths, labels = _drop_bad(paths, labels, set(errors), training, "decoded")
-            images = images[keep]
+            rows = np.flatnonzero(keep)  # an index, not images[keep]: that would copy a spilled cache into memory
             n = len(paths)
 
         # Batches are gathered from the NumPy array itself: tf.constant would copy it, slowly
         # (seconds for a few hundred MB, measured).
         def gather(idx):
-            return images[idx]
+            return np.ascontiguousarray(images[rows[idx]])
 
         def pixels(idx):
             x = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
@@ -174,15 +202,23 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             ds = ds.map(lambda i: (pixels(i), tf.gather(label_t, i)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         else:
             ds = ds.map(lambda i: (pixels(i),), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        if cache:
-            from ..console import info
-
-            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
-                 f"cache budget: decoding them again every epoch (raise cache_budget_mb to cache)")
+    else:  # cache=False: decode the files again every epoch (prediction, check-data: one pass)
+        vanished: set[str] = set()
 
         def decode(path):
-            return read_image(path.decode(), (h, w), resize_mode)
+            try:
+                return read_image(path.decode(), (h, w), resize_mode, interpolation)
+            except Exception as exc:
+                # Passed the scan, fails now: deleted or rewritten since. Say so once per file, then
+                # let ignore_errors() drop it (training) or the error end evaluation.
+                name = path.decode()
+                if training and name not in vanished:
+                    from ..console import warn
+
+                    vanished.add(name)
+                    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+                    warn(f"{name} vanished or changed since the data was scanned ({reason}); skipped")
+                raise
 
         def load(path):
             img = tf.numpy_function(decode, [path], tf.uint8, stateful=False)

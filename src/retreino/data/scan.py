@@ -101,6 +101,11 @@ def scan_file(path: str, deep: bool = False, digest: bool = True) -> FileInfo:
         info.error = Problem(kind, str(path), message)
         return info
 
+    from ..safety import image_file_problem
+
+    refused = image_file_problem(path)  # by stat, before a byte is read: FIFOs, sparse giants
+    if refused:
+        return bad(*refused)
     try:
         with open(path, "rb") as fh:
             data = fh.read()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import safety
 from ..errors import DataError
 from .images import IMAGE_EXTENSIONS
 from .scan import FileInfo, Problem, scan_images
@@ -131,8 +132,8 @@ def _is_candidate(p: Path) -> bool:
 def _files_under(folder: Path) -> list[Path]:
     """Every candidate file below a folder (recursively, like flow_from_directory), sorted."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    # Loop-safe and depth-limited; regular files only (a FIFO is never opened).
+    for dirpath, filenames in safety.walk_files(folder):
         out.extend(Path(dirpath) / f for f in filenames)
     return sorted(p for p in out if _is_candidate(p))
 
@@ -192,6 +193,11 @@ def _csv_source(root: Path, csv_path: Path, problems: list[Problem]) -> dict[str
     by_class: dict[str, list[Path]] = defaultdict(list)
     labelled: dict[str, str] = {}
     for name, label in rows:
+        escape = safety.csv_escape(name)
+        if escape:  # never read, whatever --follow-links says
+            problems.append(Problem("outside_data", str(csv_path), f"row {name!r} ({label}) is {escape} "
+                                    "outside the data folder; not used"))
+            continue
         p = base / name
         key = str(p.resolve())
         if key in labelled:
@@ -385,7 +391,7 @@ def dataset_problems(ds: Dataset, infos: dict[str, FileInfo]) -> list[Problem]:
 
 def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed: int = 42,
                  labels_csv=None, strict: bool = False, deep: bool = False, warn: bool = True,
-                 allow_fatal: bool = False) -> Dataset:
+                 allow_fatal: bool = False, follow_links: bool = False) -> Dataset:
     """Find the images and labels under `root`, split them, and set aside files that cannot be read.
 
     Every file gets a cheap check (header, pixel count, end-of-file marker, content hash; a full
@@ -393,6 +399,8 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
     Bad files are skipped with one warning listing them; `strict=True` raises `DataError` instead.
     `deep=True` decodes every file (what `retreino check-data` does). Fatal problems (no images,
     one class, a class without training images) raise `DataError` unless `allow_fatal=True`.
+    Files that resolve outside the data folder (symlinks) are refused unless `follow_links=True`;
+    labels-CSV rows with absolute or `..` paths always are.
 
     >>> ds = load_dataset(DATA)        # train/ validation/ test/ with one sub-folder per class
     >>> ds.class_names, ds.source, len(ds.train), len(ds.test)
@@ -401,6 +409,15 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
     root = Path(root).expanduser()
     problems: list[Problem] = []
     source, parts, origin, root = _discover(root, labels_csv, val_split, test_split, seed, problems)
+    roots = [root] + ([Path(labels_csv).parent] if labels_csv else [])
+    if source == "csv" and not labels_csv and _find_csv(root) is None and _find_csv(root.parent):
+        roots.append(root.parent)  # the CSV sits beside the image folder
+    safety.keep_inside(parts, roots, follow_links, problems)
+    special: list[str] = []
+    for _ in safety.walk_files(root, skipped=special):
+        pass
+    problems.extend(Problem("not_regular", p, "not a regular file (a FIFO, socket or device); never opened")
+                    for p in special)
 
     all_paths = sorted({str(p) for split in parts.values() for files in split.values() for p in files})
     infos = {i.path: i for i in scan_images(all_paths, deep=deep, desc="checking images")}

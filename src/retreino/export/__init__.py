@@ -29,12 +29,13 @@ from .. import __version__, _env
 _env.import_tensorflow()
 from ..atomic import write_bytes, write_json, write_text
 from ..errors import RetreinoError
+from ..inference.exports import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint
+from ..inference.runtimes import quiet_native
 from ..models.info import LoadedModel, ModelInfo, labels_text
 from ..preprocessing import scale_pixels_np
-from ..runtimes import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint, quiet_native
 from .keras2_h5 import ExportError, write_keras2_h5
 
-FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx")
+FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs")
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
 PARITY_IMAGES = 100
@@ -95,6 +96,10 @@ def export_models(
             from .keras2_h5 import keras2_config
 
             keras2_config(loaded.model, fmt=fmt)
+        if fmt == "tfjs":
+            from .tfjs import check_tfjs
+
+            check_tfjs(loaded)
 
     root = Path(out) if out is not None else exports_folder(loaded.info.source)
     folders = {fmt: (root if (out is not None and len(formats) == 1) else root / fmt) for fmt in formats}
@@ -109,14 +114,21 @@ def export_models(
     parity_paths, calibration_paths = _split_images(paths, parity_images, calibration_images, seed)
     if calibration_given:
         calibration_paths = _split_images(calibration_given, 0, calibration_images, seed)[1]
-    pixels = _load_pixels(parity_paths, loaded.info.input_size) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
-    keras_runtime = _keras_runtime(loaded)
-    reference = _probs(keras_runtime, loaded.info, pixels)
-    keras_latency = _latency_ms(keras_runtime, loaded.info) if measure else None
+    from ..console import status
+
+    if parity_paths:
+        status(f"decoding {len(parity_paths)} parity images ...")
+    pixels = _load_pixels(parity_paths, loaded.info) if parity_paths else _synthetic(loaded.info.input_size, 32, seed)
+    status(f"reference probabilities from Keras on {len(pixels)} images ...")
+    keras_predictor = _keras_predictor(loaded)
+    reference = _probs(keras_predictor, pixels)
+    keras_latency = _latency_ms(keras_predictor.backend, loaded.info) if measure else None
 
     results = []
     with _Workspace(loaded) as ws:
-        for fmt in formats:
+        for i, fmt in enumerate(formats, 1):
+            status(f"exporting to {fmt} ({i}/{len(formats)}), then checking it against Keras "
+                   f"on {len(pixels)} images ...")
             results.append(
                 _export_one(
                     loaded, fmt, folders[fmt], ws,
@@ -154,7 +166,7 @@ def check_tm_contract(loaded: LoadedModel) -> None:
 
 
 def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind, calibration, measure, keras_latency):
-    from .. import runtimes
+    from ..inference import Predictor
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -178,10 +190,14 @@ def _export_one(loaded, fmt, folder: Path, ws, *, pixels, reference, image_kind,
         except Exception as exc:  # converters raise anything; the user needs the format and the reason
             raise ExportError(f"cannot export to {fmt}: {_first_line(exc)}") from exc
         write_text(tmp / "labels.txt", labels_text(info.class_names or []))
+        _carry_unknown(loaded, fmt, tmp, meta)
         write_json(tmp / META_FILE, meta)
 
-        runtime = runtimes.open_record(runtimes.read_export(tmp))
-        got = _probs(runtime, info, pixels)
+        # Checked exactly as predict/evaluate/serve will run it: the export alone, metadata from its files.
+        # Our own fresh output of a model already loaded: a SavedModel made here is trusted for its parity check.
+        predictor = Predictor(tmp, runtime="export", unsafe=True)
+        runtime = predictor.backend
+        got = _probs(predictor, pixels)
         record["parity"] = _parity(fmt, reference, got, image_kind)
         record["export_seconds"] = round(time.perf_counter() - started, 1)
         if measure:
@@ -228,14 +244,15 @@ def _write_keras2(name: str, fmt: str):
 
 
 def _write_savedmodel(loaded, folder: Path, ws, *, meta, calibration):
-    shutil.copytree(ws.saved_model(), folder, dirs_exist_ok=True)
+    shutil.copytree(ws.saved_model(features=_features_output(loaded, "savedmodel")), folder, dirs_exist_ok=True)
 
 
 def _write_tflite(int8: bool):
     def write(loaded, folder: Path, ws, *, meta, calibration):
         import tensorflow as tf
 
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(ws.saved_model()))
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(ws.saved_model(features=_features_output(loaded, "tflite-int8" if int8 else "tflite"))))
         if int8:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.representative_dataset = _representative(calibration, loaded.info)
@@ -257,12 +274,26 @@ def _write_onnx(loaded, folder: Path, ws, *, meta, calibration):
 
     path = folder / "model.onnx"
     with _quiet():
-        loaded.model.export(str(path), format="onnx", verbose=False)
+        _exported_model(loaded, "onnx").export(str(path), format="onnx", verbose=False)
     model = onnx.load(str(path))
     for key, value in (("retreino", json.dumps(meta)), ("labels", labels_text(meta.get("class_names") or []))):
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     write_bytes(path, model.SerializeToString())
+
+
+def _write_tfjs(loaded, folder: Path, ws, *, meta, calibration):
+    """model.json + weights.bin + metadata.json (export/tfjs.py) and the in-browser page (export/tfjs_page.py)."""
+    from .tfjs import write_tfjs
+    from .tfjs_page import missing_bundles_message, write_page
+
+    write_tfjs(loaded, folder)
+    _, versions = write_page(folder)
+    meta["export"]["page_scripts"] = versions
+    if not versions:
+        from ..console import info
+
+        info(f"note: {missing_bundles_message()}")
 
 
 _WRITERS = {
@@ -273,6 +304,7 @@ _WRITERS = {
     "tflite": _write_tflite(False),
     "tflite-int8": _write_tflite(True),
     "onnx": _write_onnx,
+    "tfjs": _write_tfjs,
 }
 
 
@@ -282,7 +314,7 @@ class _Workspace:
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
         self.dir: Path | None = None
-        self._saved: Path | None = None
+        self._saved: dict[bool, Path] = {}
 
     def __enter__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="retreino-export-"))
@@ -291,13 +323,48 @@ class _Workspace:
     def __exit__(self, *exc):
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def saved_model(self) -> Path:
-        if self._saved is None:
-            path = self.dir / "saved_model"
+    def saved_model(self, features: bool = False) -> Path:
+        """The SavedModel of the model, or (`features`) of the model emitting [head | pooled features]."""
+        if features not in self._saved:
+            path = self.dir / ("saved_model_features" if features else "saved_model")
+            model = self.loaded.model
+            if features:
+                from ..ood import with_features
+
+                model = with_features(model)
             with _quiet():
-                self.loaded.model.export(str(path), format="tf_saved_model", verbose=False)
-            self._saved = path
-        return self._saved
+                model.export(str(path), format="tf_saved_model", verbose=False)
+            self._saved[features] = path
+        return self._saved[features]
+
+
+# Formats whose file gets the pooled features as extra output columns when the model has an unknown
+# detector. Keras formats compute them from the Keras model at load time; int8 leaves them out (one
+# quantization scale for probabilities and features would blur the probabilities).
+FEATURE_OUTPUT_FORMATS = ("onnx", "tflite", "savedmodel")
+
+
+def _features_output(loaded, fmt: str) -> bool:
+    return bool(loaded.info.unknown) and fmt in FEATURE_OUTPUT_FORMATS
+
+
+def _exported_model(loaded, fmt: str):
+    if _features_output(loaded, fmt):
+        from ..ood import with_features
+
+        return with_features(loaded.model)
+    return loaded.model
+
+
+def _carry_unknown(loaded, fmt: str, folder: Path, meta: dict) -> None:
+    """Copy unknown.npz into the export folder; an export that cannot apply it drops it from its metadata."""
+    if not loaded.info.unknown:
+        return
+    if fmt == "tflite-int8":
+        meta["unknown"] = None
+        return
+    src = Path(str(loaded.info.source)).parent / loaded.info.unknown.get("file", "unknown.npz")
+    shutil.copy(src, folder / src.name)
 
 
 def _zip_bytes(meta: dict) -> bytes:
@@ -331,17 +398,14 @@ def _quiet():
 # --------------------------------------------------------------------------- checking
 
 
-def _keras_runtime(loaded):
-    from ..runtimes import KerasRuntime
+def _keras_predictor(loaded):
+    from ..inference import Predictor
 
-    return KerasRuntime(loaded.model, loaded.info)
+    return Predictor(loaded, runtime="keras")
 
 
-def _probs(runtime, info: ModelInfo, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
-    from ..inference import probabilities
-
-    outs = [runtime(scale_pixels_np(pixels[i : i + batch], info.preprocessing)) for i in range(0, len(pixels), batch)]
-    return probabilities(np.concatenate(outs), info.head)
+def _probs(predictor, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([predictor.predict_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
 
 
 def _parity(fmt: str, reference: np.ndarray, got: np.ndarray, image_kind: str) -> dict:
@@ -409,10 +473,11 @@ def _split_images(paths: list[Path], n_parity: int, n_cal: int, seed: int):
     return sorted(parity), calibration
 
 
-def _load_pixels(paths: Sequence[Path], size) -> np.ndarray:
+def _load_pixels(paths: Sequence[Path], info: ModelInfo) -> np.ndarray:
+    """Real photos fitted to the input as the model's contract says (resize mode, interpolation)."""
     from ..data.images import read_image
 
-    return np.stack([read_image(p, size, "stretch") for p in paths])
+    return np.stack([read_image(p, info.input_size, info.resize, info.interpolation) for p in paths])
 
 
 def _synthetic(size, n: int, seed: int) -> np.ndarray:
@@ -431,7 +496,7 @@ def _synthetic(size, n: int, seed: int) -> np.ndarray:
 def _representative(paths: Sequence[Path], info: ModelInfo):
     def gen():
         for i in range(0, len(paths)):
-            x = scale_pixels_np(_load_pixels([paths[i]], info.input_size), info.preprocessing)
+            x = scale_pixels_np(_load_pixels([paths[i]], info), info.preprocessing)
             yield [x.astype(np.float32)]
 
     return gen

@@ -12,6 +12,8 @@ HEAD_TYPES = ("softmax", "sigmoid", "logits", "features")
 
 FORMAT_NAMES = {
     "teachable-machine": "Teachable Machine export (Keras 2 H5, rebuilt for Keras 3)",
+    "teachable-machine-tfjs": "Teachable Machine export (TensorFlow.js, rebuilt for Keras 3)",
+    "tfjs": "TensorFlow.js Layers model (rebuilt for Keras 3)",
     "keras2-h5": "Keras 2 legacy H5 (rebuilt for Keras 3)",
     "keras3-h5": "Keras 3 H5",
     "keras": "Keras 3 .keras archive",
@@ -32,6 +34,12 @@ class ModelInfo:
     backbone: str | None = None
     keras_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    # How a photo is fitted to input_size (see retreino.data.images.resize), part of the model's
+    # contract like the input range: a Teachable Machine export expects TM's center crop.
+    resize: str = "stretch"  # stretch | crop | pad
+    interpolation: str = "bilinear"  # bilinear | lanczos | bicubic | nearest
+    temperature: float | None = None  # temperature scaling fitted on validation (retreino.calibration)
+    unknown: dict[str, Any] | None = None  # out-of-distribution detector: method, threshold, file (retreino.ood)
 
     @property
     def num_classes(self) -> int | None:
@@ -64,6 +72,7 @@ class LoadedModel:
 
     model: Any  # keras.Model
     info: ModelInfo
+    unsafe: bool = False  # loaded with --unsafe: the user trusts this model folder (its exports too)
 
     @property
     def class_names(self) -> list[str] | None:
@@ -84,7 +93,12 @@ class LoadedModel:
 def read_labels(path: str | Path) -> list[str]:
     """Read a Teachable Machine style labels file: one `INDEX Name` (or bare `Name`) per line."""
     names = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # written on Windows by hand: cp1252 (a superset of latin-1 for text)
+        text = raw.decode("cp1252", errors="replace")
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue

@@ -29,13 +29,41 @@ _SHAPE_KEYS = ("batch_input_shape", "input_shape", "batch_size", "input_dim")
 _WEIGHT_ALIASES = {"depthwise_kernel": "kernel"}
 
 
-def read_model_config(h5file) -> dict:
+MAX_CONFIG_DEPTH = 200  # real model configs nest a few levels per container; 5,000 is an attack
+
+
+def read_model_config(h5file, path="the model file") -> dict:
     raw = h5file.attrs.get("model_config")
     if raw is None:
-        raise ModelLoadError("no model config")
+        raise ModelLoadError(f"{path}: no model config")
+    config = parse_json(raw, f"{path} model_config")
+    if not isinstance(config, dict) or not isinstance(config.get("config", {}), (dict, list)):
+        raise ModelLoadError(f"{path}: model_config is not a model config (a JSON {type(config).__name__})")
+    return config
+
+
+def parse_json(raw, what: str):
+    """JSON text from a model file, refused on bad encoding or nesting deeper than MAX_CONFIG_DEPTH."""
     if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    return json.loads(raw)
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelLoadError(f"{what} is not UTF-8 text") from exc
+    if not isinstance(raw, str):
+        raise ModelLoadError(f"{what} is not JSON text")
+    depth = deepest = 0
+    for ch in raw:  # brackets inside strings only over-count, which errs on the side of refusing
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    if deepest > MAX_CONFIG_DEPTH:
+        raise ModelLoadError(f"{what} nests {deepest} levels deep (over {MAX_CONFIG_DEPTH}): not a model config")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ModelLoadError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:120]})") from exc
 
 
 def find_code_layers(config: dict) -> list[str]:
@@ -65,7 +93,16 @@ def rebuild(config: dict, *, unsafe: bool = False):
             f"the model embeds Python code ({', '.join(code[:3])}); loading it runs that code. "
             "Pass --unsafe (unsafe=True) only if you trust the file"
         )
-    return _build(config, unsafe=unsafe)
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    from ..safety import file_arguments
+
+    files = file_arguments(config)
+    if files:
+        raise UnsafeModelError(f"refused: {files[0]} names a file, which loading would read")
+    # Keras' own safe mode too, so nothing from_config deserialises may run code.
+    with SafeModeScope(not unsafe):
+        return _build(config, unsafe=unsafe)
 
 
 def _build(layer_config: dict, *, unsafe: bool):
@@ -130,6 +167,9 @@ def _build_sequential(cfg: dict, *, unsafe: bool):
         if batch_shape is None and not layers:
             batch_shape = lc.get("config", {}).get("batch_input_shape")
         layers.append(_build(lc, unsafe=unsafe))
+    if batch_shape is None and layers and isinstance(layers[0], keras.Model):
+        # A Sequential that starts with a whole sub-model (TF.js writes no shape on it): its input is the sub-model's.
+        batch_shape = (None, *layers[0].input_shape[1:])
     if batch_shape is None:
         raise ModelLoadError(f"Sequential model '{cfg.get('name', '?')}' has no input shape in the file")
     inputs = keras.Input(batch_shape=tuple(batch_shape))
@@ -204,8 +244,6 @@ def _pick(out, index: int):
 
 def load_weights(model, weights_group) -> None:
     """Assign weights saved by Keras 2 under `model_weights` to the rebuilt Keras 3 model."""
-    from .graph import flatten_layers
-
     saved: dict[str, list[tuple[str, object]]] = defaultdict(list)
     for top in _attr_list(weights_group, "layer_names"):
         group = weights_group[top]
@@ -214,6 +252,16 @@ def load_weights(model, weights_group) -> None:
             layer_name = parts[-2] if len(parts) >= 2 else top
             short = parts[-1].split(":")[0]
             saved[layer_name].append((short, group[wname][()]))
+    assign_weights(model, saved)
+
+
+def assign_weights(model, saved: dict[str, list[tuple[str, object]]], source: str = "the file") -> None:
+    """Set every leaf layer's weights from `saved` (layer name -> [(weight name, array)]), checked by shape.
+
+    Shared by the Keras 2 H5 reader and the TensorFlow.js reader (models/tfjs.py): both name weights
+    `layer/weight` and order them per layer; a layer, weight or shape that does not match raises.
+    """
+    from .graph import flatten_layers
 
     used = set()
     for layer in flatten_layers(model):
@@ -221,7 +269,7 @@ def load_weights(model, weights_group) -> None:
             continue
         entries = saved.get(layer.name)
         if not entries:
-            raise ModelLoadError(f"the file holds no weights for layer '{layer.name}'")
+            raise ModelLoadError(f"{source} holds no weights for layer '{layer.name}'")
         remaining = list(entries)
         values = []
         for var in layer.weights:
@@ -245,7 +293,7 @@ def load_weights(model, weights_group) -> None:
         used.add(layer.name)
     unused = sorted(set(saved) - used)
     if unused:
-        raise ModelLoadError(f"the file has weights for layers the rebuilt model lacks: {', '.join(unused[:5])}")
+        raise ModelLoadError(f"{source} has weights for layers the rebuilt model lacks: {', '.join(unused[:5])}")
 
 
 def _attr_list(group, key: str) -> list[str]:

@@ -8,9 +8,10 @@ from pathlib import Path
 from .. import _env
 
 _env.import_tensorflow()
+from .. import safety
 from ..errors import ModelLoadError, UnsafeModelError
 from ..preprocessing import normalize_mode
-from . import legacy_h5
+from . import legacy_h5, tfjs
 from .backbones import BACKBONES, build_backbone
 from .graph import find_head, flatten_layers
 from .info import LoadedModel, ModelInfo, read_labels
@@ -51,17 +52,22 @@ def load_model(
                 f"(or a backbone name: {', '.join(sorted(BACKBONES))})"
             )
     else:
-        if path.is_dir():
-            path = _model_in_folder(path)
         if weights is not None:
             raise ModelLoadError("--weights applies to backbone names; a model file carries its own weights")
-        loaded = _load_file(path, unsafe=unsafe)
+        if tfjs.is_tfjs(path, FOLDER_MODELS):
+            loaded = _load_tfjs(path, unsafe=unsafe)
+        else:
+            if path.is_dir():
+                path = _model_in_folder(path)
+            loaded = _load_file(path, unsafe=unsafe)
 
     if input_range:
         loaded.info.preprocessing = normalize_mode(input_range)
     if class_names:
         loaded.info.class_names = list(class_names)
     _check_classes(loaded)
+    safety.check_finite_weights(loaded.model, source)
+    loaded.unsafe = unsafe
     return loaded
 
 
@@ -69,6 +75,12 @@ def _model_in_folder(folder: Path) -> Path:
     for name in FOLDER_MODELS:
         if (folder / name).is_file():
             return folder / name
+    if (folder / "config.json").is_file() and (folder / "state.json").is_file():
+        # A run directory with no checkpoint: training stopped before its first epoch ended.
+        raise ModelLoadError(
+            f"{folder} holds no model file: this run never finished an epoch (it was stopped or failed before "
+            f"its first checkpoint). Continue it with `retreino train --resume {folder}`, or train again"
+        )
     raise ModelLoadError(f"{folder} holds no model file (looked for {', '.join(FOLDER_MODELS)})")
 
 
@@ -96,6 +108,7 @@ def _open_h5(path: Path):
 
 def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
     with _open_h5(path) as f:
+        safety.check_h5(f, path)  # before any weight is read
         if "model_config" not in f.attrs:
             what = "weights only" if ("layer_names" in f.attrs or "layers" in f) else "no model"
             raise ModelLoadError(
@@ -105,8 +118,10 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         version = f.attrs.get("keras_version", b"")
         version = version.decode() if isinstance(version, bytes) else str(version)
         try:
-            config = legacy_h5.read_model_config(f)
+            config = legacy_h5.read_model_config(f, path)
+            safety.refuse_file_arguments(config, path)
             if version.startswith("3"):
+                _refuse_keras3_code(config, path, unsafe)
                 f.close()
                 return _load_keras3(path, version, unsafe=unsafe, fmt="keras3-h5")
             model = legacy_h5.rebuild(config, unsafe=unsafe)
@@ -115,7 +130,7 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
             legacy_h5.load_weights(model, f["model_weights"])
         except ModelLoadError:
             raise
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as exc:
             raise ModelLoadError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
 
     labels_file = path.parent / "labels.txt"
@@ -129,10 +144,48 @@ def _load_h5(path: Path, *, unsafe: bool) -> LoadedModel:
         class_names=class_names,
         preprocessing="tf" if is_tm else None,
     )
+    if is_tm:
+        # Teachable Machine's own "Keras" code snippet fits photos with a center crop:
+        # ImageOps.fit(image, (224, 224), Image.Resampling.LANCZOS).
+        info.resize, info.interpolation = "crop", "lanczos"
     saved = read_metadata(path)
     if saved is not None:  # a Keras 2 H5 written by `retreino export`: labels and scaling recorded
         saved.source = str(path)
         info = saved
+    return LoadedModel(model, info)
+
+
+def _load_tfjs(path: Path, *, unsafe: bool) -> LoadedModel:
+    """A TensorFlow.js Layers model (Teachable Machine's download): see models/tfjs.py."""
+    import json
+
+    model, model_json, metadata = tfjs.read_tfjs(path, unsafe=unsafe)
+    saved = model_json.parent / "retreino.json"  # written beside the files by `retreino export --format tfjs`
+    if saved.is_file():
+        try:
+            info = ModelInfo.from_dict(json.loads(saved.read_text(encoding="utf-8")))
+            info.source, info.format = str(model_json), "tfjs"
+            return LoadedModel(model, info)
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: fall back to what the TF.js files say
+    labels = metadata.get("labels")
+    class_names = [str(name) for name in labels] if isinstance(labels, list) and labels else None
+    is_tm = class_names is not None and _looks_like_teachable_machine(model)
+    info = _infer_info(
+        model,
+        model_json,
+        fmt="teachable-machine-tfjs" if is_tm else "tfjs",
+        version=tfjs.tfjs_version(model_json, metadata),
+        class_names=class_names,
+        preprocessing="tf" if is_tm else None,
+    )
+    size = metadata.get("imageSize")
+    if size and tuple(info.input_size) != (int(size), int(size)):
+        h, w = info.input_size
+        info.notes.append(f"metadata.json says imageSize {size} but the model takes {h}x{w}")
+    if is_tm:
+        # Teachable Machine's page center-crops each photo to a square before resizing it (canvas drawImage).
+        info.resize, info.interpolation = "crop", "bilinear"
     return LoadedModel(model, info)
 
 
@@ -149,15 +202,35 @@ def _looks_like_teachable_machine(model) -> bool:
 def _load_keras_archive(path: Path, *, unsafe: bool) -> LoadedModel:
     try:
         with zipfile.ZipFile(path) as zf:
+            safety.check_zip(zf, path)  # on declared sizes, before anything is decompressed
             members = set(zf.namelist())
             bad = zf.testzip()
+            if bad is None and "config.json" in members:
+                config = legacy_h5.parse_json(zf.read("config.json"), f"{path} config.json")
+                weights = zf.read("model.weights.h5") if "model.weights.h5" in members else None
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ModelLoadError(f"{path} is truncated or corrupt: not a readable .keras archive") from exc
     if bad is not None:
         raise ModelLoadError(f"{path} is corrupt: member {bad} fails its checksum")
     if "config.json" not in members:
         raise ModelLoadError(f"{path} is a zip file but not a .keras model (no config.json)")
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: config.json is not a model config (a JSON {type(config).__name__})")
+    safety.refuse_file_arguments(config, path)
+    _refuse_keras3_code(config, path, unsafe)
+    if weights is not None:
+        safety.check_h5_bytes(weights, f"{path} (model.weights.h5)")
     return _load_keras3(path, "3", unsafe=unsafe, fmt="keras")
+
+
+def _refuse_keras3_code(config, path: Path, unsafe: bool) -> None:
+    """Say exactly what in a Keras 3 config would run code, before Keras is asked to load it."""
+    code = safety.keras3_code(config)
+    if code and not unsafe:
+        raise UnsafeModelError(
+            f"{path.name} embeds Python code ({', '.join(code[:3])}); loading it runs that code. "
+            "Pass --unsafe (unsafe=True) only if you trust the file"
+        )
 
 
 def _load_keras3(path: Path, version: str, *, unsafe: bool, fmt: str) -> LoadedModel:
@@ -168,8 +241,9 @@ def _load_keras3(path: Path, version: str, *, unsafe: bool, fmt: str) -> LoadedM
     except Exception as exc:
         msg = str(exc).strip()
         if "Lambda" in msg or "safe_mode" in msg:
+            refused = msg.splitlines()[0][:200]
             raise UnsafeModelError(
-                f"{path.name} embeds Python code (a Lambda layer); loading it runs that code. "
+                f"{path.name} was refused by Keras' safe mode ({refused}). "
                 "Pass --unsafe (unsafe=True) only if you trust the file"
             ) from exc
         first = msg.splitlines()[0] if msg else type(exc).__name__
@@ -227,6 +301,9 @@ def _guess_preprocessing(model) -> str:
 def _load_backbone(name: str, weights) -> LoadedModel:
     if weights is None:
         weights = "imagenet"
+    elif Path(weights).is_file() and _starts_with(Path(weights), HDF5_SIGNATURE):
+        with _open_h5(Path(weights)) as f:
+            safety.check_h5(f, weights)  # a weights file may point at other files too
     model, spec = build_backbone(name, weights=weights)
     info = ModelInfo(
         format="keras-applications",
@@ -236,8 +313,17 @@ def _load_backbone(name: str, weights) -> LoadedModel:
         head="features",
         class_names=None,
         backbone=name,
+        # Keras' own image loading for these backbones (image_dataset_from_directory, the
+        # transfer-learning guide) resizes the whole photo, bilinear, without keeping its aspect.
+        resize="stretch",
+        interpolation="bilinear",
     )
     return LoadedModel(model, info)
+
+
+def _starts_with(path: Path, signature: bytes) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(len(signature)) == signature
 
 
 def _check_classes(loaded: LoadedModel) -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from ..atomic import atomic_path, write_text
 from ..errors import RetreinoError
+from ..safety import check_metadata
 from .info import LoadedModel, ModelInfo, labels_text
 
 META_MEMBER = "retreino.json"
 META_ATTR = "retreino"
+MAX_META_BYTES = 1 << 20
 
 
 def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True) -> Path:
@@ -66,13 +68,15 @@ def read_metadata(path: str | Path) -> ModelInfo | None:
             with zipfile.ZipFile(path) as zf:
                 if META_MEMBER not in zf.namelist():
                     return None
-                return ModelInfo.from_dict(json.loads(zf.read(META_MEMBER)))
+                if zf.getinfo(META_MEMBER).file_size > MAX_META_BYTES:
+                    raise RetreinoError(f"{path}: its {META_MEMBER} declares over {MAX_META_BYTES:,} bytes")
+                return ModelInfo.from_dict(check_metadata(json.loads(zf.read(META_MEMBER)), path))
         import h5py
 
         with h5py.File(path, "r") as f:
             raw = f.attrs.get(META_ATTR)
             if raw is None:
                 return None
-            return ModelInfo.from_dict(json.loads(raw if isinstance(raw, str) else raw.decode()))
-    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, KeyError):
+            return ModelInfo.from_dict(check_metadata(json.loads(raw if isinstance(raw, str) else raw.decode()), path))
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, KeyError, UnicodeDecodeError, RecursionError):
         return None

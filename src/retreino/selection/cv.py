@@ -205,8 +205,9 @@ def _materialise(root: Path, splits: dict, classes: list[str]) -> None:
         for i, (path, label) in enumerate(zip(paths, labels)):
             src = Path(path).resolve()
             dst = root / split / classes[int(label)] / f"{i:05d}_{src.name}"
+            # Hard links, not symlinks: a fold folder's files must lie inside it (see retreino.safety).
             try:
-                os.symlink(src, dst)
+                os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
 
@@ -218,9 +219,9 @@ def _finished(run_dir: Path) -> bool:
 def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> dict:
     """The fold's best model (as saved, what a user would keep) scored on its held-out images."""
     from ..evaluation import compute_metrics
-    from ..inference import Predictor
+    from ..inference import open_predictor
 
-    predictor = Predictor(run.best_model, runtime="keras", resize_mode=run.config.resize)
+    predictor = open_predictor(run.best_model, runtime="keras", resize_mode=run.config.resize)
     probs = predictor.predict_images(val_paths)
     m = compute_metrics(val_labels, probs, classes)
     history = run.history or runs.read_history(run.dir)

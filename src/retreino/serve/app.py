@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import DataError
 from .batcher import MicroBatcher
-from .uploads import UploadError, read_uploads
+from .uploads import UploadError, check_request_pixels, read_uploads
 
 STATIC = Path(__file__).parent / "static"
 
@@ -49,7 +49,8 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     max_queue: int = 512  # images waiting for the model before new requests get 503
     decode_threads: int = max(2, min(8, os.cpu_count() or 2))
-    resize_mode: str = "stretch"
+    resize_mode: str | None = None  # None: the model's own (ModelInfo.resize)
+    unknown: bool = True  # answer "unknown" below the model's detector threshold (when it has one)
 
     @property
     def max_file_bytes(self) -> int:
@@ -67,6 +68,10 @@ class Prediction(BaseModel):
     index: int = Field(description="its index in the model's class list")
     confidence: float = Field(description="its probability, 0 to 1")
     probabilities: dict[str, float] = Field(description="every class, in the model's order")
+    unknown: bool | None = Field(None, description="true when the image is unlike the training data: class is 'unknown'")
+    would_say: str | None = Field(None, description="with unknown: the class the model would have answered")
+    unknown_score: float | None = Field(None, description="higher = more like the training images")
+    unknown_threshold: float | None = Field(None, description="below this score the answer is 'unknown'")
 
 
 class PredictResponse(BaseModel):
@@ -147,6 +152,9 @@ _ERRORS = {
 def model_name(source: str) -> str:
     """A short display name: the folder for Teachable Machine exports (all named keras_model.h5)."""
     p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    if folder.parent.name == "exports" and folder.parent.parent.name:  # runs/cats/exports/onnx -> "cats (onnx)"
+        return f"{folder.parent.parent.name} ({folder.name})"
     if p.is_dir():
         return p.name
     if p.stem in ("keras_model", "model", "saved_model") and p.parent.name:
@@ -177,7 +185,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
     info = predictor.info
     classes = list(class_names or predictor.class_names)
     name = model_name(model_file or info.source)
-    batcher = MicroBatcher(predictor.predict_pixels, max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
+    batcher = MicroBatcher(_with_unknown_column(predictor), max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="retreino-decode")
     counters = {"requests": 0, "started": time.time()}
 
@@ -272,11 +280,12 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         start = time.perf_counter()
         counters["requests"] += 1
         uploads = await read_uploads(request, settings.max_file_bytes, settings.max_files)
+        check_request_pixels(uploads)  # before any decode: pixels cost CPU (see retreino.safety docs)
         if batcher.pending + len(uploads) > settings.max_queue:
             raise UploadError(503, "busy", f"{batcher.pending} images are waiting for the model: retry in a moment")
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(decoder, _decode, predictor, u.data, settings.resize_mode) for u in uploads),
+            *(loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode) for u in uploads),
             return_exceptions=True,
         )
         for upload, result in zip(uploads, decoded):
@@ -289,7 +298,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         probs = await asyncio.gather(*(batcher.submit(px) for px in decoded))
         return {
             "model": name,
-            "predictions": [_prediction(fn, p, classes) for fn, p in zip(names, probs)],
+            "predictions": [_answer(fn, p, classes, predictor, settings.unknown) for fn, p in zip(names, probs)],
             "time_ms": round((time.perf_counter() - start) * 1000, 2),
         }
 
@@ -299,7 +308,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
 def _decode(predictor, data: bytes, resize_mode: str) -> np.ndarray:
     from ..data.images import read_image
 
-    return read_image(data, predictor.info.input_size, resize_mode)
+    return read_image(data, predictor.info.input_size, resize_mode, getattr(predictor, "interpolation", "bilinear"))
 
 
 def _prediction(filename: str, probs: np.ndarray, classes: list[str]) -> dict:
@@ -312,6 +321,30 @@ def _prediction(filename: str, probs: np.ndarray, classes: list[str]) -> dict:
         "confidence": round(float(probs[top]), 6),
         "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)},
     }
+
+
+def _with_unknown_column(predictor):
+    """The batch function: probabilities, plus the unknown score as a last column when there is a detector."""
+    if predictor.unknown is None:
+        return predictor.predict_pixels
+
+    def fn(pixels):
+        full = predictor.predict_pixels_full(pixels)
+        return np.concatenate([full["probabilities"], full["unknown_score"][:, None].astype(np.float32)], axis=1)
+
+    return fn
+
+
+def _answer(filename: str, row: np.ndarray, classes: list[str], predictor, enabled: bool) -> dict:
+    if predictor.unknown is None:
+        return _prediction(filename, row, classes)
+    out = _prediction(filename, row[:-1], classes)
+    score = float(row[-1])
+    out.update(unknown=False, would_say=None, unknown_score=round(score, 6),
+               unknown_threshold=round(float(predictor.unknown.threshold), 6))
+    if enabled and score < predictor.unknown.threshold:
+        out.update({"unknown": True, "would_say": out["class"], "class": "unknown"})
+    return out
 
 
 def _mount_docs(app: FastAPI) -> None:

@@ -1,6 +1,7 @@
 """Load a model, warm it up, bind the port and run uvicorn: what `retreino serve` does."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -9,7 +10,9 @@ import sys
 import numpy as np
 
 from ..errors import RetreinoError
+from ..inference.exports import DEFAULT_RUNTIME
 from .app import ServeSettings, create_app, model_name
+from .hosts import CheckHost, OneLineDisconnects
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
 
@@ -56,7 +59,7 @@ def serve(
     model: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    runtime: str = "auto",
+    runtime: str = DEFAULT_RUNTIME,
     settings: ServeSettings | None = None,
     names: str | list[str] | dict[str, str] | None = None,
     access_log: bool = True,
@@ -71,12 +74,14 @@ def serve(
     try:
         import uvicorn
 
-        from .. import load_model
-        from ..inference import Predictor
+        from ..console import status
+        from ..inference import open_predictor
         from ..prediction import parse_names
 
-        loaded = load_model(model, **load_kwargs)
-        predictor = Predictor(loaded, runtime=runtime, resize_mode=settings.resize_mode)
+        status(f"loading {model} (runtime {runtime}) ...")
+        predictor = open_predictor(model, runtime=runtime, resize_mode=settings.resize_mode, **load_kwargs)
+        if settings.resize_mode is None:  # the model's own, from its metadata
+            settings = dataclasses.replace(settings, resize_mode=predictor.resize_mode)
         classes = parse_names(names, predictor.class_names)
         units = warm_up(predictor)
         if units != len(classes):
@@ -85,6 +90,7 @@ def serve(
         sock.close()
         raise
     app = create_app(predictor, settings, model_file=str(model), class_names=classes)
+    app = OneLineDisconnects(CheckHost(app, loopback_only=is_loopback(bound_host)))  # see serve/hosts.py
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

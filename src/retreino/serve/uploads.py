@@ -8,6 +8,7 @@ accepted too, as a single file.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
@@ -50,7 +51,7 @@ async def read_uploads(request, max_file_bytes: int, max_files: int) -> list[Upl
     kind = kind.decode("latin-1").lower()
     declared = request.headers.get("content-length")
     declared = int(declared) if declared and declared.isdigit() else None
-    chunks = request.stream().__aiter__()
+    chunks = _slow_body_timeout(request.stream().__aiter__(), BODY_TIMEOUT_S)
 
     if kind == "multipart/form-data":
         if declared is not None and declared > max_files * (max_file_bytes + PART_OVERHEAD):
@@ -178,3 +179,48 @@ class _MultipartCollector:
             content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
             self.uploads.append(Upload(self._filename, content_type, bytes(self._data)))
         self._data = bytearray()
+
+
+# Decoding costs CPU by the pixel: 16 small PNGs of 88 Mpx each cost 26 s. One request may decode
+# at most this many pixels in all, judged on the image headers before anything is decoded.
+MAX_REQUEST_PIXELS = int(os.environ.get("RETREINO_MAX_REQUEST_PIXELS", "100000000"))
+
+
+def check_request_pixels(uploads: list[Upload], limit: int = MAX_REQUEST_PIXELS) -> None:
+    """413 when the images of one request declare more than `limit` pixels together."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    total = 0
+    for u in uploads:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(u.data)) as im:  # reads the header only
+                    total += im.width * im.height
+        except Exception:  # not an image: the decoder says so with its own 4xx
+            continue
+        if total > limit:
+            raise UploadError(413, "too_many_pixels",
+                              f"the images of this request hold over {limit:,} pixels together ({u.filename} "
+                              f"reaches {total:,}): send fewer or smaller images")
+
+
+# A client that stops sending mid-body (slowloris) would hold its connection and buffers forever.
+BODY_TIMEOUT_S = float(os.environ.get("RETREINO_BODY_TIMEOUT_S", "30"))
+
+
+async def _slow_body_timeout(chunks, seconds: float):
+    """The request body's chunks; 408 when the client sends nothing for `seconds`."""
+    import asyncio
+
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), seconds)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadError(408, "request_timeout", f"the upload sent nothing for {seconds:g} s: too slow") from None
+        yield chunk

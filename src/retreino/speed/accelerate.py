@@ -54,6 +54,8 @@ class PrefixRunner:
                     self.runtime, self.parity = "onnx", parity
                 else:
                     self.reason = f"ONNX Runtime differs from Keras by {parity:.1e} (> {PARITY_TOLERANCE:g})"
+            except ModuleNotFoundError as exc:  # the base install (make demo) has no `fast` extra: not a failure
+                self.reason = f"{exc.name} is not installed: pip install 'retreino[fast]' for faster epochs"
             except Exception as exc:  # any export/runtime failure: Keras still gives the right answer
                 self.reason = f"ONNX export failed ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
 
@@ -112,7 +114,7 @@ def _export_onnx(prefix: keras.Model, sample: np.ndarray) -> bytes:
     import logging
     import warnings
 
-    from ..runtimes import quiet_native
+    from ..inference.runtimes import quiet_native
 
     prefix(sample)  # Keras exports only models that have been called
     with tempfile.TemporaryDirectory(prefix="retreino-prefix-") as tmp:

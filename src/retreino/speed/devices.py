@@ -80,3 +80,31 @@ def accelerate_reason(cfg) -> str | None:
     if gpus():
         return "off on a GPU (Keras there is faster than ONNX Runtime on the CPU)"
     return None
+
+
+def patch_symbolic_build(model) -> None:
+    """Work around Keras 3.x's first-batch build under MultiWorkerMirroredStrategy.
+
+    Before the first step, Keras' TF trainer (`_maybe_symbolic_build`) takes one distributed batch
+    and calls `strategy.reduce("MEAN", (x, y), axis=None)` on the whole tuple; the collective
+    strategy's reduce accepts one DistributedValues, not a nested structure, and fails with
+    "... with an unsupported type (PerReplica) to a Tensor." (MirroredStrategy takes another path,
+    which is why only multi-worker broke). The build needs shapes only, so this gives it the local
+    replica's batch instead: no collective, same shapes. Set on the instance; nothing global changes.
+    """
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    original = model._maybe_symbolic_build
+
+    def local(v):
+        return strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local, next(it))
+                break
+        return original(iterator=None, data_batch=data_batch)
+
+    model._maybe_symbolic_build = build

@@ -137,6 +137,14 @@ function show(card, p, ms) {
   card.style.setProperty("--c", colorOf(p.class));
   card.querySelector(".confidence").textContent = pct(p.confidence);
   card.querySelector(".confidence").title = `${(p.confidence * 100).toFixed(2)}% · ${ms} ms on the server`;
+  if (p.unknown) {
+    // Unlike anything the model was trained on: say so plainly, and what it would have guessed.
+    card.dataset.unknown = "true";
+    label.textContent = "unknown";
+    label.title = `score ${p.unknown_score.toFixed(3)} below the threshold ${p.unknown_threshold.toFixed(3)}`;
+    card.style.setProperty("--c", "#777777");
+    card.querySelector(".confidence").textContent = `not like the training images · would say ${p.would_say}`;
+  }
   const all = Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]);
   const rows = all.slice(0, MAX_BARS);
   const bars = card.querySelector(".bars");

@@ -1,0 +1,142 @@
+"""Accuracy: the notebook's recipe vs a linear probe vs `retreino train` defaults, same splits, side by side.
+
+For each starting model (the `water_bottles` Teachable Machine export, MobileNetV2 alpha 0.35; Keras'
+`mobilenet_v2` with the ImageNet weights in ../shared) and each dataset of ../shared
+(cats_vs_dogs with its own splits; flowers, 5 classes, split by the tool; cat_breeds, labels from
+labels.csv), three ways to train a classifier, each scored on the same untouched test split:
+
+- **notebook**: `retreino train --head-init warmup --resize stretch`, i.e. the defaults before
+  issue 15 (the notebook's settings: 3 head-only warm-up epochs at 1e-3, then the last 5 layers at
+  1e-5 for 10 epochs with EarlyStopping / ReduceLROnPlateau / best checkpoint, photos stretched);
+- **linear probe**: scikit-learn `LogisticRegression` on the backbone's pooled features (photos
+  fitted by the model's own contract: center crop for Teachable Machine), C chosen on the
+  validation split's log loss, no augmentation;
+- **defaults**: `retreino train` with its defaults (linear probe head, then fine-tuning; see
+  docs/accuracy.md), then `retreino evaluate --run`.
+
+Test accuracy, test loss (mean cross-entropy) and training wall time for each; a markdown table on
+stdout and one JSON line per result in --out (appended as they finish, so a long run keeps its rows).
+
+    .venv/bin/python bench/accuracy.py                              # every row (long: ~1 h on 2 busy cores)
+    .venv/bin/python bench/accuracy.py --rows water_bottles:cats_vs_dogs --methods probe,defaults
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RETREINO_QUIET", "1")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT / "src"))
+
+BACKBONES = {
+    "water_bottles": dict(model=str(SHARED / "models" / "teachable_machine" / "water_bottles")),
+    "mobilenet_v2": dict(model="mobilenet_v2",
+                         weights=str(SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_no_top.weights.h5")),
+}
+DATASETS = {name: str(SHARED / "datasets" / name) for name in ("cats_vs_dogs", "flowers", "cat_breeds")}
+METHODS = ("notebook", "probe", "defaults")
+
+
+def linear_probe(backbone: dict, data: str) -> dict:
+    """LogisticRegression on pooled features, C by validation log loss -> test accuracy and loss."""
+    import numpy as np
+
+    from retreino.data import load_dataset
+    from retreino.data.pipeline import decode_all
+    from retreino.evaluation import compute_metrics
+    from retreino.models import load_model
+    from retreino.models.surgery import feature_extractor
+    from retreino.preprocessing import scale_pixels_np
+    from retreino.recipe import C_GRID, _full_probs, fit_probe
+
+    start = time.perf_counter()
+    loaded = load_model(backbone["model"], weights=backbone.get("weights"))
+    info = loaded.info
+    features = feature_extractor(loaded.model)
+    ds = load_dataset(data, warn=False)
+
+    def pooled(split):
+        pixels = decode_all(split.paths, info.input_size, info.resize, info.interpolation)
+        out = [np.asarray(features(scale_pixels_np(pixels[i:i + 64], info.preprocessing), training=False))
+               for i in range(0, len(pixels), 64)]
+        return np.concatenate(out), np.asarray(split.labels)
+
+    (tx, ty), (vx, vy) = pooled(ds.train), pooled(ds.validation)
+    n = len(ds.class_names)
+    lr, c, _ = fit_probe(tx, ty, vx, vy, n, grid=C_GRID)
+    wall = time.perf_counter() - start
+    ex, ey = pooled(ds.test)
+    m = compute_metrics(ey, _full_probs(lr, ex, n), list(ds.class_names))
+    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "C": c, "resize": info.resize}
+
+
+def retreino_run(backbone: dict, data: str, runs: Path, name: str, **overrides) -> dict:
+    from retreino import evaluate, train
+
+    start = time.perf_counter()
+    run = train(model=backbone["model"], weights=backbone.get("weights"), data=data, runs_dir=str(runs), name=name,
+                printer=None, **overrides)
+    wall = time.perf_counter() - start
+    m = evaluate(run=run.dir, progress=False, report=False).metrics
+    best = run.history[run.best_epoch - 1] if run.best_epoch else {}
+    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "best_epoch": run.best_epoch,
+            "epochs": len(run.history), "best_phase": best.get("phase")}
+
+
+def measure(method: str, bb: str, dname: str, runs: Path) -> dict:
+    backbone, data = BACKBONES[bb], DATASETS[dname]
+    if method == "probe":
+        return linear_probe(backbone, data)
+    if method == "notebook":
+        return retreino_run(backbone, data, runs, f"{bb}-{dname}-notebook", head_init="warmup", resize="stretch")
+    return retreino_run(backbone, data, runs, f"{bb}-{dname}-defaults")
+
+
+def table(results: list[dict]) -> str:
+    rows = {}
+    for r in results:
+        rows.setdefault((r["backbone"], r["data"]), {})[r["method"]] = r
+    lines = ["| starting model | data | notebook's recipe: acc / loss / wall | linear probe: acc / loss / wall "
+             "| `retreino train` defaults: acc / loss / wall |", "|---|---|---|---|---|"]
+    for (bb, dname), by in rows.items():
+        cells = []
+        for method in METHODS:
+            r = by.get(method)
+            cells.append(f"{r['accuracy']:.3f} / {r['loss']:.3f} / {r['wall_s']:.0f} s" if r else "-")
+        lines.append(f"| {bb} | {dname} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", help="comma-separated backbone:dataset pairs (default: all six)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    ap.add_argument("--out", default="accuracy.jsonl", help="JSON lines, appended (default accuracy.jsonl)")
+    ap.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.table_only:
+        pairs = ([tuple(p.split(":")) for p in args.rows.split(",")] if args.rows
+                 else [(b, d) for b in BACKBONES for d in DATASETS])
+        methods = [m for m in args.methods.split(",") if m]
+        with tempfile.TemporaryDirectory(prefix="retreino-bench-acc-") as tmp:
+            for bb, dname in pairs:
+                for method in methods:
+                    r = {"backbone": bb, "data": dname, "method": method, **measure(method, bb, dname, Path(tmp))}
+                    with out.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(r) + "\n")
+                    print(json.dumps(r), flush=True)
+    results = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

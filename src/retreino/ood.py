@@ -1,0 +1,300 @@
+"""An honest "unknown": out-of-distribution scores from the model's own pooled features.
+
+The features are the input of the classification head (the backbone's pooled vector). At the
+end of training they are computed for the training and validation images, and two detectors
+are fitted from them (both kept, one used, chosen by measurement: docs/unknown.md):
+
+- `mahalanobis` (Lee et al., NeurIPS 2018): class means and one shared covariance; the score is
+  minus the smallest squared Mahalanobis distance to a class mean.
+- `knn` (Sun et al., ICML 2022): features normalised to unit length; the score is minus the
+  distance to the k-th nearest training feature.
+
+A higher score means "more like the training data". The threshold is the score that accepts a
+chosen share (default 95%) of the validation images; below it `predict` and `serve` answer
+`unknown`, with the score and the class the model would have said. The arrays live in
+`unknown.npz` beside the model (run directory, every export folder); `ModelInfo.unknown` holds
+the method, threshold and file name. Scoring is numpy only (no TensorFlow on the prediction path).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import RetreinoError
+
+UNKNOWN_FILE = "unknown.npz"
+DEFAULT_METHOD = "knn"  # chosen by measurement: docs/unknown.md
+DEFAULT_ACCEPT = 0.95
+KNN_K = 10
+UNKNOWN_LABEL = "unknown"
+METHODS = ("mahalanobis", "knn")
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _unit(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """-min over classes of (f - mu_c)^T P (f - mu_c), P the inverse shared covariance."""
+    f = np.asarray(features, dtype=np.float64)
+    best = None
+    for mu in np.asarray(means, dtype=np.float64):
+        d = f - mu
+        m = np.einsum("nd,de,ne->n", d, precision, d)
+        best = m if best is None else np.minimum(best, m)
+    return (-best).astype(np.float64)
+
+
+def knn_score(features: np.ndarray, bank: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """-distance to the k-th nearest unit-length training feature (bank rows are unit length)."""
+    f = _unit(features)
+    bank = np.asarray(bank, dtype=np.float32)
+    k = max(1, min(int(k), len(bank)))
+    # |a - b|^2 = 2 - 2 a.b for unit vectors
+    sims = f @ bank.T
+    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    return -np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
+
+
+def msp_score(probs: np.ndarray) -> np.ndarray:
+    """The maximum-softmax-probability baseline (Hendrycks & Gimpel, ICLR 2017)."""
+    return np.asarray(probs, dtype=np.float64).max(axis=1)
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+@dataclass
+class UnknownDetector:
+    """Scores features and says which are `unknown` (score below `threshold`)."""
+
+    method: str
+    threshold: float
+    arrays: dict[str, np.ndarray]
+    k: int = KNN_K
+    accept: float = DEFAULT_ACCEPT
+    thresholds: dict[str, float] | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.arrays["bank"].shape[1])
+
+    def score(self, features: np.ndarray, method: str | None = None) -> np.ndarray:
+        method = method or self.method
+        if method == "mahalanobis":
+            return mahalanobis_score(features, self.arrays["means"], self.arrays["precision"])
+        if method == "knn":
+            return knn_score(features, self.arrays["bank"], self.k)
+        raise RetreinoError(f"unknown out-of-distribution method {method!r}: use one of {', '.join(METHODS)}")
+
+    def is_unknown(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) < self.threshold
+
+    def metadata(self) -> dict[str, Any]:
+        return {"method": self.method, "threshold": float(self.threshold), "accept": self.accept, "k": self.k,
+                "file": UNKNOWN_FILE, "feature_dim": self.feature_dim, "thresholds": self.thresholds}
+
+    def save(self, folder: str | Path) -> Path:
+        from .atomic import atomic_path
+
+        path = Path(folder) / UNKNOWN_FILE
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **self.arrays)
+        return path
+
+
+def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+                 num_classes: int, method: str = DEFAULT_METHOD, accept: float = DEFAULT_ACCEPT,
+                 k: int = KNN_K) -> UnknownDetector:
+    """Both detectors from training features; thresholds accept `accept` of the validation images."""
+    if method not in METHODS:
+        raise RetreinoError(f"unknown out-of-distribution method {method!r}: use one of {', '.join(METHODS)}")
+    if not 0.0 < accept <= 1.0:
+        raise RetreinoError(f"the accepted share of validation images must be in (0, 1], not {accept}")
+    f = np.asarray(train_features, dtype=np.float64)
+    y = np.asarray(train_labels, dtype=np.int64)
+    means = np.stack([f[y == c].mean(axis=0) if np.any(y == c) else f.mean(axis=0) for c in range(num_classes)])
+    centred = f - means[y]
+    cov = centred.T @ centred / max(1, len(f))
+    # A few hundred images cannot fill a 1280-dim covariance: shrink towards its mean variance so it inverts.
+    shrink = 0.1
+    cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    arrays = {"means": means.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32),
+              "bank": _unit(f).astype(np.float32)}
+    det = UnknownDetector(method, 0.0, arrays, k=k, accept=accept)
+    det.thresholds = {m: float(np.quantile(det.score(val_features, m), 1.0 - accept)) for m in METHODS}
+    det.threshold = det.thresholds[method]
+    return det
+
+
+def load_detector(info, folder: str | Path | None = None) -> UnknownDetector | None:
+    """The detector recorded in a ModelInfo, from `unknown.npz` beside the model; None when it has none."""
+    meta = getattr(info, "unknown", None)
+    if not meta:
+        return None
+    base = Path(folder) if folder is not None else Path(str(info.source)).parent
+    path = base / meta.get("file", UNKNOWN_FILE)
+    if not path.is_file():
+        raise RetreinoError(f"{path} is missing: the model's metadata names an unknown-detector file beside it")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    return UnknownDetector(meta["method"], float(meta["threshold"]), arrays, k=int(meta.get("k", KNN_K)),
+                           accept=float(meta.get("accept", DEFAULT_ACCEPT)), thresholds=meta.get("thresholds"))
+
+
+# --------------------------------------------------------------------------- model outputs
+
+
+def head_units(info, runtime_units: int | None = None) -> int:
+    """Width of the head's own output: classes, or 1 for a 1-unit sigmoid."""
+    n = len(info.class_names or [])
+    if info.head == "sigmoid" and n == 2 and runtime_units in (1, 1 + int((info.unknown or {}).get("feature_dim", 0))):
+        return 1
+    return n
+
+
+def split_outputs(raw: np.ndarray, units: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(head output, features or None): exports with a detector emit [head | features] as one tensor."""
+    raw = np.asarray(raw)
+    if raw.shape[-1] > units:
+        return raw[:, :units], raw[:, units:]
+    return raw, None
+
+
+def with_features(model):
+    """A Keras model whose one output is [head output | head input]: classes and pooled features in one pass.
+
+    One concatenated output (not two outputs) keeps every converter's output order out of the
+    question: ONNX and TFLite runtimes read output 0 and split it by width.
+    """
+    import keras
+
+    head = model.layers[-1]
+    if not isinstance(head, keras.layers.Dense):
+        raise RetreinoError(f"the model's last layer is {type(head).__name__}, not a Dense head: no pooled features")
+    features = head.input
+    out = keras.layers.Concatenate(axis=-1, name="retreino_head_and_features")([model.outputs[0], features])
+    both = keras.Model(model.inputs, out, name=f"{model.name}_with_features")
+    both(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters want a model that has been called
+    return both
+
+
+# --------------------------------------------------------------------------- end of training
+
+
+def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DEFAULT_METHOD) -> dict:
+    """Temperature + unknown detector for a finished run, stored with its best model.
+
+    Reads the best model back, computes probabilities and pooled features of the training split
+    (file order, no augmentation) and the validation split, fits T on validation, fits the
+    detectors, writes `unknown.npz` and re-saves the model files with the new metadata.
+    """
+    from . import runs
+    from .calibration import expected_calibration_error, fit_temperature
+    from .models import load_model, save_model
+
+    run_dir = Path(trainer.run_dir)
+    best = run_dir / runs.BEST_KERAS
+    loaded = load_model(best)
+    train_ds, val_ds = trainer.pipelines(ordered_train=True)
+    info = loaded.info
+    units = head_units(info, int(loaded.model.output_shape[-1]))
+    both = with_features(loaded.model)
+
+    def forward(ds):
+        from .inference import probabilities
+
+        outs, labels = [], []
+        for x, y in ds:
+            outs.append(np.asarray(both(x, training=False)))
+            y = np.asarray(y)
+            labels.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64).reshape(-1))
+        raw = np.concatenate(outs)
+        head_out, feats = split_outputs(raw, units)
+        return probabilities(head_out, info.head), feats, np.concatenate(labels)
+
+    trainer.printer("Calibrating: temperature and unknown detector from the training and validation features")
+    _, train_f, train_y = forward(train_ds)
+    val_p, val_f, val_y = forward(val_ds)
+    temperature = fit_temperature(val_p, val_y)
+    det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept)
+    det.save(run_dir)
+    info.temperature = temperature
+    info.unknown = det.metadata()
+    save_model(loaded, best, write_labels=False)
+    if (run_dir / runs.BEST_H5).exists():
+        save_model(loaded, run_dir / runs.BEST_H5, write_labels=False)
+    from .calibration import apply_temperature
+
+    record = {"temperature": temperature,
+              "validation_ece_before": expected_calibration_error(val_p, val_y),
+              "validation_ece_after": expected_calibration_error(apply_temperature(val_p, temperature), val_y),
+              "unknown": info.unknown}
+    trainer.printer(f"Temperature {temperature:.3f} (validation ECE {record['validation_ece_before']:.3f} -> "
+                    f"{record['validation_ece_after']:.3f}); unknown below {det.method} score {det.threshold:.4g} "
+                    f"({accept:.0%} of validation images accepted)")
+    return record
+
+
+def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
+    """`fit_after_training` for a run trained before (rebuilds its data from config.json)."""
+    import json
+
+    from . import runs
+    from .config import TrainConfig
+    from .models import load_model
+    from .training import _Trainer
+
+    run_dir = Path(run_dir)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))["config"])
+    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
+    trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
+    trainer.setup(fresh=False)
+    return fit_after_training(trainer, **kw)
+
+
+# --------------------------------------------------------------------------- evaluate --ood
+
+
+def measure_ood(predictor, folder, in_scores, in_probs, in_labels, batch_size: int = 32, workers=None) -> dict:
+    """AUROC, share of `folder` answered unknown, share of the test images rejected, accuracy kept; per score."""
+    from sklearn.metrics import roc_auc_score
+
+    from .prediction import find_images, iter_decoded_batches
+
+    det = predictor.unknown
+    if det is None:
+        raise RetreinoError("--ood: this model has no unknown detector (train it with this version of retreino)")
+    paths = find_images(folder)
+    out_scores, out_probs = [], []
+    for _, pixels, ok, _ in iter_decoded_batches(paths, predictor.info.input_size, predictor.resize_mode, batch_size,
+                                                 workers, interpolation=predictor.interpolation):
+        if ok:
+            full = predictor.predict_pixels_full(pixels)
+            out_scores.append(full["unknown_score"])
+            out_probs.append(full["probabilities"])
+    s_out, p_out = np.concatenate(out_scores), np.concatenate(out_probs)
+    in_probs, in_labels = np.asarray(in_probs), np.asarray(in_labels)
+    truth = np.r_[np.ones(len(in_scores)), np.zeros(len(s_out))]
+    right = in_probs.argmax(axis=1) == in_labels
+
+    def row(s_in, s_o, thr):
+        kept = s_in >= thr
+        return {"auroc": float(roc_auc_score(truth, np.r_[s_in, s_o])), "threshold": float(thr),
+                "ood_rejected": float(np.mean(s_o < thr)), "in_rejected": float(np.mean(~kept)),
+                "accuracy_kept": float(np.mean(right[kept])) if kept.any() else None}
+
+    methods = {det.method: row(np.asarray(in_scores), s_out, det.threshold)}
+    # The baseline, thresholded to accept the same share of the in-distribution images.
+    msp_in, msp_out = msp_score(in_probs), msp_score(p_out)
+    methods["msp (baseline)"] = row(msp_in, msp_out, float(np.quantile(msp_in, 1.0 - det.accept)))
+    return {"folder": str(folder), "n_ood": int(len(s_out)), "n_in": int(len(in_scores)), "method": det.method,
+            "accept": det.accept, "methods": methods}
