@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: env demo-env browser js test test-fast demo bench clean
+.PHONY: env demo-env browser js lint test test-fast demo bench clean
 
 env: $(STAMP)
 
@@ -39,7 +39,10 @@ $(NPM_STAMP):
 	rm -f $(NPM_DIR)/.installed-*
 	touch $@
 
-test: env browser js
+lint: env
+	$(BIN)/ruff check .
+
+test: env browser js lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: env

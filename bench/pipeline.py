@@ -136,7 +136,7 @@ def main() -> None:
         rate, per = n / dt, cpu / n
         print(f"{name.ljust(width)}  {n:>7}  {dt:>8.2f}  {rate:>9.0f}  {rate / idg_rate:>6.1f}x  {per * 1000:>10.2f}  {idg_cpu / per:>6.1f}x")
     load = os.getloadavg()[0]
-    print(f"\nimages/s is wall-clock throughput; CPU ms/img is this process's CPU time per image (all threads),")
+    print("\nimages/s is wall-clock throughput; CPU ms/img is this process's CPU time per image (all threads),")
     print(f"which other work on the machine barely moves. Load average at the end: {load:.1f} on {os.cpu_count()} cores.")
 
 

@@ -106,8 +106,8 @@ def measure(modes: list[tuple[str, list[str]]], args, payloads) -> list[dict]:
         per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
         for n in per_round:
             for i, url in enumerate(urls):
-                l, e, w = asyncio.run(load(url, payloads, n, args.concurrency))
-                lat[i] += l
+                took, e, w = asyncio.run(load(url, payloads, n, args.concurrency))
+                lat[i] += took
                 errors[i] += e
                 wall[i] += w
         after = [httpx.get(f"{url}/health").json()["batching"] for url in urls]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CATS_VS_DOGS
 from PIL import Image
 
+from conftest import CATS_VS_DOGS
 from retreino.cli import main as cli
 from retreino.data import load_dataset, make_pipeline, read_image
 from retreino.data.check import check_dataset

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import real_images
 
+from conftest import real_images
 from retreino.config import AugmentConfig
 from retreino.data import decode_all, load_dataset, make_pipeline, read_image
 from retreino.errors import DataError

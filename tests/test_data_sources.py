@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CAT_BREEDS, CATS_VS_DOGS
 
+from conftest import CAT_BREEDS, CATS_VS_DOGS
 from retreino.data import load_dataset
 from retreino.errors import DataError
 

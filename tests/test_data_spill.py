@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import real_images
 
+from conftest import real_images
 from retreino.data import pipeline
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from conftest import link_or_copy, real_images
 
 FLOAT_TOLERANCE = 1e-4  # retreino.export.FLOAT_TOLERANCE, the parity check an export passed
@@ -152,6 +153,7 @@ def test_serve_page_shows_full_class_names_that_share_a_prefix(retrained_exports
     import shutil
 
     from playwright.sync_api import sync_playwright
+
     from test_serve import start_server
     from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
 

@@ -11,12 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import (
-    accuracy_score, classification_report, confusion_matrix, log_loss, precision_recall_fscore_support, roc_auc_score,
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
     top_k_accuracy_score,
 )
 
 from conftest import SHINCHAN, real_images
-
 from retreino.cli import main
 from retreino.errors import DataError, RetreinoError
 from retreino.evaluation import EvaluationResult, compute_metrics, evaluate, map_classes
@@ -203,6 +207,6 @@ def test_labels_csv_dataset(cats_dogs, tmp_path):
     r = evaluate(cats_dogs, images, out=tmp_path / "out", progress=False)
     assert r.metrics["n"] == 6 and r.metrics["split"] == "all"
     rows, classes, y, pred, probs = read_predictions(tmp_path / "out" / "predictions.csv")
-    assert sorted(Path(x["path"]).name for x in rows) == sorted(l.split(",")[0] for l in lines[1:])
+    assert sorted(Path(x["path"]).name for x in rows) == sorted(line.split(",")[0] for line in lines[1:])
     assert np.bincount(y).tolist() == [3, 3]
     assert r.metrics["accuracy"] == pytest.approx(accuracy_score(y, pred))

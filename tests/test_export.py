@@ -81,8 +81,9 @@ def test_int8_export_agrees_on_top1_for_99_percent_of_100_real_images(retrained_
 
 
 def test_formats_embed_their_own_metadata(retrained_exports, tmp_path):
-    import onnx
     import shutil
+
+    import onnx
 
     from retreino.inference import Predictor
 
@@ -147,8 +148,8 @@ def test_keras2_h5_writer_covers_common_layers_for_tf_keras(tmp_path):
     import tf_keras
 
     from retreino import load_model
-    from retreino.models import LoadedModel, ModelInfo
     from retreino.export import export_model
+    from retreino.models import LoadedModel, ModelInfo
 
     keras.utils.set_random_seed(3)
     L = keras.layers
@@ -312,7 +313,8 @@ def test_keras2_h5_writer_covers_the_rest_of_its_supported_layers(tmp_path):
 
 
 def test_cli_and_api_agree_on_the_formats():
-    from retreino.cli.export import FORMATS as CLI_FORMATS, parse_formats
+    from retreino.cli.export import FORMATS as CLI_FORMATS
+    from retreino.cli.export import parse_formats
     from retreino.export import FORMATS
 
     assert CLI_FORMATS == FORMATS

@@ -16,12 +16,16 @@ import pytest
 from PIL import Image
 
 from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, real_images
-
 from retreino.cli import main
 from retreino.errors import DataError, RetreinoError
 from retreino.models.info import LoadedModel
 from retreino.prediction import (
-    Prediction, find_images, parse_names, predict, predict_folder, show_predictions,
+    Prediction,
+    find_images,
+    parse_names,
+    predict,
+    predict_folder,
+    show_predictions,
 )
 
 
@@ -169,9 +173,9 @@ def test_cli_folder_to_jsonl_and_glob_to_csv(saved_model, messy_folder, tmp_path
     out = tmp_path / "p.jsonl"
     assert main(["predict", str(saved_model), str(messy_folder), "--out", str(out), "--top-k", "2",
                  "--grid", str(tmp_path / "grid.png"), "--batch-size", "4"]) == 0
-    lines = [json.loads(l) for l in out.read_text().splitlines()]
-    assert len(lines) == 11 and sum(1 for l in lines if l["error"]) == 1
-    assert all(len(l["top"]) == 2 for l in lines if not l["error"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 11 and sum(1 for line in lines if line["error"]) == 1
+    assert all(len(line["top"]) == 2 for line in lines if not line["error"])
     err = capsys.readouterr().err
     assert "11 image(s)" in err and "unreadable 1" in err
     assert (tmp_path / "grid.png").exists()

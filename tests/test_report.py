@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import real_images
-
 from retreino.config import TrainConfig
 from retreino.evaluation import EvaluationResult, compute_metrics, format_classification_report
 from retreino.plots import plot_learning_curves, read_history

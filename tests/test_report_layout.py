@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_report import CHROMIUM, CHROMIUM_ARGS, HISTORY
-
 from retreino.config import TrainConfig
 from retreino.report import write_report
+from test_report import CHROMIUM, CHROMIUM_ARGS, HISTORY
 
 CLASSES = [f"American Wirehair variant {i:02d} ({'long name ' * (i % 3)})".strip() for i in range(40)]
 DEEP = ("/home/someone/projects/a-rather-long-folder-name-for-photos/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from conftest import SHARED, cats_vs_dogs_subset, real_images
 
 MOBILENET_WEIGHTS = SHARED / "models" / "imagenet" / "mobilenet_v2_1.0_224_no_top.weights.h5"
@@ -49,12 +50,12 @@ def crop_run(tmp_path_factory):
 @pytest.mark.slow
 def test_resize_override_is_saved_and_used_by_predict_serve_and_export(crop_run, tmp_path):
     import httpx
-    from test_serve import start_server
 
     from retreino import load_model
     from retreino.data.images import read_image
     from retreino.export import export_model
     from retreino.inference import Predictor
+    from test_serve import start_server
 
     # The linear probe ran, then one fine-tuning epoch.
     assert [r["phase"] for r in crop_run.history] == ["linear-probe", "finetune"]

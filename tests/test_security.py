@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WATER_BOTTLES, real_images
 
+from conftest import WATER_BOTTLES, real_images
 from retreino.errors import ModelLoadError, UnsafeModelError
 
 SECRET = b"TOP-SECRET-LINE-0123456789abcdef\n" * 64
@@ -834,6 +834,7 @@ def test_an_upload_that_stalls_is_timed_out(monkeypatch):
     import time
 
     import httpx
+
     from test_serve import SERVER_ARGS, start_server
 
     monkeypatch.setenv("RETREINO_BODY_TIMEOUT_S", "1")

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from conftest import WATER_BOTTLES, real_images
 
 CLASSES = ["cats", "dogs"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from conftest import real_images
 from test_serve import CLASSES
 

@@ -5,8 +5,8 @@ import csv
 import os
 
 import pytest
-from conftest import CATS_VS_DOGS, WATER_BOTTLES
 
+from conftest import CATS_VS_DOGS, WATER_BOTTLES
 from retreino.cli import main
 from retreino.errors import RetreinoError
 from retreino.sharding import parse_shard, shard_paths

@@ -16,12 +16,12 @@ import time
 import httpx
 import numpy as np
 import pytest
-from test_serve import free_port
-from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
-from tfjs_helpers import TFJS_EXPORTS, node_modules, parity_photos, tm_pixels
 
 from retreino import load_model
 from retreino.cli import main
+from test_serve import free_port
+from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
+from tfjs_helpers import TFJS_EXPORTS, node_modules, parity_photos, tm_pixels
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,14 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import cats_vs_dogs_subset
-from tfjs_helpers import TFJS_EXPORTS, parity_photos, tfjs_predict, tm_pixels
 
+from conftest import cats_vs_dogs_subset
 from retreino import load_model
 from retreino.cli import main
 from retreino.export import ExportError, export_model
 from retreino.export.tfjs import check_tfjs, write_tfjs
 from retreino.models import LoadedModel, ModelInfo
+from tfjs_helpers import TFJS_EXPORTS, parity_photos, tfjs_predict, tm_pixels
 
 TM_FIELDS = {"labels", "imageSize", "tfjsVersion", "tmVersion", "packageName", "packageVersion", "modelName",
              "timeStamp"}

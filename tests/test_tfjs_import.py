@@ -12,11 +12,11 @@ import shutil
 
 import numpy as np
 import pytest
-from tfjs_helpers import TFJS_EXPORTS, parity_photos, tfjs_decode, tfjs_predict, tm_pixels
 
 from retreino import load_model
 from retreino.cli import main
 from retreino.models.tfjs import read_weights
+from tfjs_helpers import TFJS_EXPORTS, parity_photos, tfjs_decode, tfjs_predict, tm_pixels
 
 LEAVES, MASKS = TFJS_EXPORTS["leaves"], TFJS_EXPORTS["masks"]
 

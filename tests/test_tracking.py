@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+
 from conftest import WATER_BOTTLES, cats_vs_dogs_subset
 
 pytest.importorskip("tensorboard")

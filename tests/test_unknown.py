@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SHARED, real_images
 
+from conftest import SHARED, real_images
 from retreino import ood
 from retreino.calibration import apply_temperature, expected_calibration_error, fit_temperature
 

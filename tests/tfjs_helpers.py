@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import ROOT, SHARED, real_images
 
 NODE_MODULES = Path(os.environ.get("RETREINO_NODE_MODULES", ROOT / ".cache" / "npm" / "node_modules"))

@@ -1,4 +1,6 @@
-"""Process-wide settings that must be in place before TensorFlow is imported."""
+"""Process-wide settings that must be in place before TensorFlow is imported, and the silencers of chatter."""
+import contextlib
+import logging
 import os
 
 # Keras 3 runs on TensorFlow here; oneDNN kernels are TensorFlow's fastest on x86 CPUs but some
@@ -8,6 +10,39 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # TensorFlow's C++ start-up chatter buries retreino's own output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Silence native (C++) chatter written straight to file descriptor 2; Python exceptions still propagate.
+
+    The one stderr silencer of retreino (TensorFlow's import, converters, runtimes use it).
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Raise the level of the named Python loggers for the block; the one logger silencer."""
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(level)
+    try:
+        yield
+    finally:
+        for n, old in levels.items():
+            logging.getLogger(n).setLevel(old)
 
 
 def import_tensorflow():
@@ -21,14 +56,6 @@ def import_tensorflow():
 
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
+    with quiet_native():
         import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     return tensorflow

@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it.
+"""Atomic file writes (a temporary file beside the target, then renamed over it), and the JSON reader.
 
 A crash (or SIGKILL) mid-write leaves the previous file intact, never a half-written one.
 """
@@ -47,3 +47,29 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
 
 def write_json(target: str | os.PathLike, obj, indent: int = 2) -> Path:
     return write_text(target, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+_MISSING = object()
+
+
+def read_json(path: str | os.PathLike, default=_MISSING):
+    """The JSON content of `path`, the counterpart of `write_json` and the one JSON reader of retreino.
+
+    A missing file returns `default` (a RetreinoError when none is given); a file that is not
+    valid JSON is always a RetreinoError naming it, never a raw JSONDecodeError.
+    """
+    from .errors import RetreinoError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if default is _MISSING:
+            raise RetreinoError(f"no such file: {path}") from None
+        return default
+    except OSError as exc:
+        raise RetreinoError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise RetreinoError(f"{path}: not valid JSON ({exc})") from exc

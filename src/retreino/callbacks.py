@@ -10,9 +10,10 @@ _env.import_tensorflow()
 
 import keras  # noqa: E402
 
-from . import runs  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
+from .config import is_improvement, monitor_mode  # noqa: E402
 from .console import progress  # noqa: E402
+from .runs import RunDir, RunState  # noqa: E402
 
 
 def current_lr(model) -> float:
@@ -76,11 +77,13 @@ class RunRecorder(keras.callbacks.Callback):
     (the commit point). A resume trusts state.json and drops any history rows beyond it.
     """
 
-    def __init__(self, run_dir, save_best, history: list, state: dict, phase: str, nan_guard: NanGuard, monitor="val_accuracy",
-                 full_model=None):
+    def __init__(self, run_dir, save_best, history: list, state: RunState, phase: str, nan_guard: NanGuard,
+                 monitor="val_accuracy", full_model=None):
         super().__init__()
         self.run_dir, self.save_best, self.history, self.state = run_dir, save_best, history, state
+        self.run = RunDir(run_dir)
         self.phase, self.nan_guard, self.monitor = phase, nan_guard, monitor
+        self.mode = monitor_mode(monitor)
         # When only a tail of the network is being fit (frozen-prefix acceleration), the files must
         # still hold the full model, whose layers the tail shares.
         self.full_model = full_model
@@ -98,25 +101,23 @@ class RunRecorder(keras.callbacks.Callback):
         if self.nan_guard.hit is not None or not all(math.isfinite(float(v)) for v in logs.values()):
             return
         value = float(logs.get(self.monitor, float("nan")))
-        best = self.state.get("best")
-        improved = best is None or value > best
-        best_loss = self.state.get("best_val_loss")  # set by the linear probe (recipe.py): beat it in loss too
-        if improved and best_loss is not None:
-            improved = float(logs.get("val_loss", float("inf"))) <= best_loss
-        if improved:
-            self.save_best(self.saved_model)
-            self.state.update(best=value, best_epoch=epoch + 1)
-            if best_loss is not None:
-                self.state["best_val_loss"] = float(logs["val_loss"])
-            logs["_best"] = True
-        with atomic_path(self.run_dir / runs.LAST) as tmp:
+        if is_improvement(value, self.state.best, self.mode):
+            # A linear-probe epoch (recipe.py) sets best_val_loss: a later epoch must beat it in loss too.
+            best_loss = self.state.extra.get("best_val_loss")
+            if best_loss is None or float(logs.get("val_loss", float("inf"))) <= best_loss:
+                self.save_best(self.saved_model)
+                self.state.best, self.state.best_epoch = value, epoch + 1
+                if best_loss is not None:
+                    self.state.extra["best_val_loss"] = float(logs["val_loss"])
+                logs["_best"] = True
+        with atomic_path(self.run.last) as tmp:
             self.saved_model.save(tmp)  # with optimizer state, for --resume
         row = {"epoch": epoch + 1, "phase": self.phase, "lr": self.lr, "seconds": round(time.monotonic() - self.t0, 2)}
         row.update({k: float(v) for k, v in logs.items() if not k.startswith("_")})
         self.history.append(row)
-        runs.write_history(self.run_dir, self.history)
-        self.state.update(epoch=epoch + 1, phase=self.phase, lr=current_lr(self.model))
-        runs.write_state(self.run_dir, self.state)
+        self.run.write_history(self.history)
+        self.state.epoch, self.state.phase, self.state.lr = epoch + 1, self.phase, current_lr(self.model)
+        self.run.write_state(self.state)
 
 
 class _Resumable:
@@ -154,10 +155,10 @@ class ResumableReduceLR(_Resumable, keras.callbacks.ReduceLROnPlateau):
 class SnapshotCallbacks(keras.callbacks.Callback):
     """Copies the early-stopping and LR-plateau counters into the run state before it is written."""
 
-    def __init__(self, state: dict, early: ResumableEarlyStopping, reduce: ResumableReduceLR):
+    def __init__(self, state: RunState, early: ResumableEarlyStopping, reduce: ResumableReduceLR):
         super().__init__()
         self.state, self.early, self.reduce = state, early, reduce
 
     def on_epoch_end(self, epoch, logs=None):
-        self.state["early_stopping"] = self.early.snapshot()
-        self.state["reduce_lr"] = self.reduce.snapshot()
+        self.state.early_stopping = self.early.snapshot()
+        self.state.reduce_lr = self.reduce.snapshot()

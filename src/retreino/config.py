@@ -10,10 +10,125 @@ layers, and BatchNormalization stays in inference mode.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+from .constraints import BOOL, NONE, Integral, Interval, Real, SettingError, StrOptions, validate
+
+# The choices of the string settings, named once (training, the speed options and the CLI read them here).
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+RESIZE_MODES = ("stretch", "crop", "pad")
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+ACCELERATE = ("auto", "off")
+PRECISIONS = ("float32", "mixed")
+DISTRIBUTE = ("mirrored", "multiworker")
+
+# Where the data has no validation/ or test/ folder: the fractions carved out, and the split seed.
+DEFAULT_VAL_SPLIT = 0.2
+DEFAULT_TEST_SPLIT = 0.1
+DEFAULT_SEED = 42
+
+_COUNT = [Interval(Integral, 0, None)]  # epochs of patience, layers ...
+_FRACTION = [Interval(Real, 0, 1, closed="left")]
+_RATE = [Interval(Real, 0, None, closed="neither")]
+
+AUGMENT_CONSTRAINTS: dict[str, list] = {
+    "rotation": [Interval(Real, 0, 180)],
+    "width_shift": [Interval(Real, 0, 1)],
+    "height_shift": [Interval(Real, 0, 1)],
+    "horizontal_flip": [BOOL],
+    "vertical_flip": [BOOL],
+    "zoom": _FRACTION,
+    "brightness": [Interval(Real, 0, 1)],
+    "contrast": [Interval(Real, 0, 1)],
+}
+
+# Every constrained setting of a training run, in one table (checked by TrainConfig.validate).
+TRAIN_CONSTRAINTS: dict[str, list] = {
+    "val_split": _FRACTION,
+    "test_split": _FRACTION,
+    "resize": [StrOptions(RESIZE_MODES)],
+    "strict": [BOOL],
+    "cache_budget_mb": _COUNT,
+    "unfreeze": _COUNT,
+    "train_bn": [BOOL],
+    "learning_rate": _RATE,
+    "epochs": [Interval(Integral, 1, None)],
+    "batch_size": [Interval(Integral, 1, None)],
+    "optimizer": [StrOptions(OPTIMIZERS, ignore_case=True)],
+    "early_stopping_patience": _COUNT,
+    "reduce_lr_factor": [Interval(Real, 0, 1, closed="neither")],
+    "reduce_lr_patience": _COUNT,
+    "monitor": [StrOptions(MONITORS)],
+    "warmup_epochs": _COUNT,
+    "warmup_learning_rate": _RATE,
+    "dropout": _FRACTION,
+    "class_weight": [StrOptions({"balanced"}, internal={"none", ""}), NONE],
+    "label_smoothing": _FRACTION,
+    "seed": [Interval(Integral, 0, 2**32 - 1)],
+    "accelerate": [StrOptions(ACCELERATE)],
+    "precision": [StrOptions(PRECISIONS)],
+    "distribute": [StrOptions(DISTRIBUTE, internal={"none", ""}), NONE],
+    "tensorboard": [BOOL],
+}
+
+
+# `serve()` and `retreino serve`: ServeSettings' fields and the port.
+SERVE_CONSTRAINTS: dict[str, list] = {
+    "port": [Interval(Integral, 0, 65535)],
+    "max_file_mb": [Interval(Real, 0, None, closed="neither")],
+    "max_files": [Interval(Integral, 1, None)],
+    "max_batch": [Interval(Integral, 1, None)],
+    "batch_wait_ms": [Interval(Real, 0, None)],
+    "max_queue": [Interval(Integral, 1, None)],
+    "decode_threads": [Interval(Integral, 1, None)],
+    "resize_mode": [StrOptions(RESIZE_MODES), NONE],  # None: the model's own
+}
+
+
+def validate_serve(values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Check serving settings (ServeSettings fields and `port`) against SERVE_CONSTRAINTS."""
+    validate(values, SERVE_CONSTRAINTS, names)
+
+
+def monitor_mode(monitor: str) -> str:
+    """"min" when a lower value of the monitored metric is better (a loss), "max" otherwise (an accuracy).
+
+    The one place that says which way is up: EarlyStopping, ReduceLROnPlateau, the best-model
+    checkpoint and the run recorder all take it from here (Keras' MonitorCallback uses the same rule).
+    """
+    return "min" if "loss" in monitor.removeprefix("val_") else "max"
+
+
+def is_improvement(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best` (None: nothing yet, so any value does) in the direction `mode` ("min" or "max")."""
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+def validate_settings(values: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Check TrainConfig settings (a mapping of field -> value) against TRAIN_CONSTRAINTS.
+
+    `names` maps fields to the names the user typed (CLI flags). Raises SettingError.
+    """
+    names = names or {}
+    validate(values, {k: v for k, v in TRAIN_CONSTRAINTS.items() if k != "epochs"}, names)
+    epochs = values.get("epochs", 1)
+    # epochs 0 asks for the head-only warm-up alone: allowed when a warm-up is asked for.
+    warmup_alone = epochs == 0 and not isinstance(epochs, bool) and values.get("warmup_epochs", 0) >= 1
+    if not warmup_alone:
+        validate(values, {"epochs": TRAIN_CONSTRAINTS["epochs"]}, names)
+    val, test = values.get("val_split", 0), values.get("test_split", 0)
+    if val + test >= 1:
+        raise SettingError(f"{names.get('val_split', 'val_split')} + {names.get('test_split', 'test_split')} "
+                           f"must be below 1, got {val!r} + {test!r}")
+    augment = values.get("augment")
+    if isinstance(augment, AugmentConfig):
+        augment = dataclasses.asdict(augment)
+    if augment is not None:
+        validate(augment, AUGMENT_CONSTRAINTS, names)
 
 
 @dataclass
@@ -34,6 +149,9 @@ class AugmentConfig:
         return any([self.rotation, self.width_shift, self.height_shift, self.horizontal_flip,
                     self.vertical_flip, self.zoom, self.brightness, self.contrast])
 
+    def __post_init__(self):
+        validate(dataclasses.asdict(self), AUGMENT_CONSTRAINTS)
+
     @classmethod
     def off(cls) -> "AugmentConfig":
         return cls(rotation=0.0, width_shift=0.0, height_shift=0.0, horizontal_flip=False)
@@ -49,8 +167,8 @@ class TrainConfig:
     weights: str | None = None  # weights file for a backbone name
     input_range: str | None = None  # override the model's input scaling
     labels_csv: str | None = None  # CSV of filename,label (default: labels.csv in the data folder)
-    val_split: float = 0.2  # used when the data has no validation/ folder
-    test_split: float = 0.1  # used when the data has no test/ folder
+    val_split: float = DEFAULT_VAL_SPLIT  # used when the data has no validation/ folder
+    test_split: float = DEFAULT_TEST_SPLIT  # used when the data has no test/ folder
     resize: str | None = None  # stretch | crop | pad; None: the model's own (ModelInfo.resize)
     strict: bool = False  # bad image files are fatal instead of skipped
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -75,7 +193,7 @@ class TrainConfig:
     dropout: float = 0.0  # before a new head
     class_weight: str | None = None  # "balanced"
     label_smoothing: float = 0.0
-    seed: int = 42
+    seed: int = DEFAULT_SEED
 
     # Speed: none of these change what is learned (beyond float rounding).
     accelerate: str = "auto"  # auto | off: frozen prefix in ONNX Runtime + feature caches (CPU only)
@@ -90,6 +208,18 @@ class TrainConfig:
     tensorboard: bool = False
     mlflow: str | None = None  # tracking URI; the CLI's bare --mlflow means a local "mlruns" file store
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, names: Mapping[str, str] | None = None) -> "TrainConfig":
+        """Raise SettingError (one line, quoting the bad value) unless every setting is allowed."""
+        validate_settings({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, names)
+        return self
+
+    @property
+    def monitor_mode(self) -> str:
+        return monitor_mode(self.monitor)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -98,16 +228,19 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            from .errors import RetreinoError
-
-            raise RetreinoError(f"unknown setting(s) in config: {', '.join(unknown)}")
+            raise SettingError(f"unknown setting(s) in config: {', '.join(unknown)}")
         d = dict(d)
         if isinstance(d.get("augment"), dict):
+            unknown = sorted(set(d["augment"]) - {f.name for f in dataclasses.fields(AugmentConfig)})
+            if unknown:
+                raise SettingError(f"unknown augment setting(s) in config: {', '.join(unknown)}")
             d["augment"] = AugmentConfig(**d["augment"])
         return cls(**d)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        from .atomic import read_json
+
+        data = read_json(path)
         # A run's config.json nests the settings next to provenance (versions, data fingerprint).
         return cls.from_dict(data.get("config", data))

@@ -7,7 +7,6 @@ an evaluation measures exactly what users will get.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .config import DEFAULT_SEED, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
 from .errors import DataError, RetreinoError
 from .inference.exports import DEFAULT_RUNTIME
 
@@ -243,7 +243,8 @@ class LabelledImages:
 
 
 def labelled_images(data: str | os.PathLike, split: str = "auto", labels_csv: str | os.PathLike | None = None,
-                    val_split: float = 0.2, test_split: float = 0.1, seed: int = 42) -> LabelledImages:
+                    val_split: float = DEFAULT_VAL_SPLIT, test_split: float = DEFAULT_TEST_SPLIT,
+                    seed: int = DEFAULT_SEED) -> LabelledImages:
     """The images to evaluate on and their labels.
 
     `split="auto"`: a dataset with a test/ folder gives its test split; a folder of class
@@ -313,13 +314,9 @@ def map_classes(data_classes: Sequence[str], model_classes: Sequence[str],
 
 
 def _read_run_config(run: Path) -> dict:
-    path = run / "config.json"
-    if not path.is_file():
-        raise RetreinoError(f"{run}: not a run directory (no config.json); pass a model and --data instead")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise RetreinoError(f"{path}: not valid JSON ({exc})") from exc
+    from .runs import RunDir
+
+    return RunDir(run).require_config()
 
 
 def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: str | os.PathLike | None = None,
@@ -374,16 +371,16 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     predictor = open_predictor(model_or_path, runtime=runtime, resize_mode=resize_mode)
     model_classes = predictor.class_names
     images = labelled_images(data, split, labels_csv,
-                             val_split=float(cfg_settings.get("val_split", 0.2)),
-                             test_split=float(cfg_settings.get("test_split", 0.1)),
-                             seed=int(cfg_settings.get("seed", 42)))
+                             val_split=float(cfg_settings.get("val_split", DEFAULT_VAL_SPLIT)),
+                             test_split=float(cfg_settings.get("test_split", DEFAULT_TEST_SPLIT)),
+                             seed=int(cfg_settings.get("seed", DEFAULT_SEED)))
     if isinstance(names, str):
         pairs = [p for p in names.split(",") if p.strip()]
         if not all("=" in p for p in pairs):
             raise RetreinoError("--names for evaluate maps data classes to model classes: folder=model_class,...")
         names = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
     index = map_classes(images.class_names, model_classes, names)
-    y_all = np.asarray([index[l] for l in images.labels], dtype=np.int64)
+    y_all = np.asarray([index[label] for label in images.labels], dtype=np.int64)
 
     kept_paths: list[str] = []
     kept_y: list[int] = []

@@ -7,7 +7,6 @@ atomically, 130 dpi).
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
@@ -81,8 +80,9 @@ def _style():
 def read_history(history: Sequence[Mapping[str, Any]] | str | os.PathLike) -> list[dict[str, Any]]:
     """History rows (as in history.csv) from a list of dicts or a CSV path; numbers parsed, blanks -> None."""
     if isinstance(history, (str, os.PathLike)):
-        with open(history, newline="", encoding="utf-8") as fh:
-            raw = list(csv.DictReader(fh))
+        from .runs import read_csv_rows
+
+        raw = read_csv_rows(history)
     else:
         raw = [dict(r) for r in history]
     rows = []
@@ -174,6 +174,12 @@ def _percent():
     from matplotlib.ticker import PercentFormatter
 
     return PercentFormatter(1.0, decimals=0)
+
+
+# The public helpers for other modules' figures (cv, tune): the same size, style and axis format as these.
+new_figure = _figure  # new_figure(width, height): a Figure not tied to pyplot (thread-safe, no GUI)
+plot_style = _style  # `with plot_style():` the house style (fonts, grid, colours)
+percent_axis = _percent  # a 0-100 % tick formatter for fractions
 
 
 # --------------------------------------------------------------------------- evaluation plots

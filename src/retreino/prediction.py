@@ -10,11 +10,10 @@ from __future__ import annotations
 import collections
 import csv
 import glob as _glob
-import io
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -23,8 +22,8 @@ import numpy as np
 from . import safety
 from .data.images import IMAGE_EXTENSIONS, read_image
 from .errors import DataError, RetreinoError
-from .ood import UNKNOWN_LABEL
 from .inference.exports import DEFAULT_RUNTIME
+from .ood import UNKNOWN_LABEL
 
 # --------------------------------------------------------------------------- models and names
 

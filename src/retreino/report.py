@@ -7,10 +7,8 @@ misclassified examples). The page opens from disk in any browser, offline, and c
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
 import html
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -81,16 +79,21 @@ def write_report(run_dir: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------- reading the run
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON, or None when it is missing or broken: a report shows what it can."""
+    from .atomic import read_json
+    from .errors import RetreinoError
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(path, default=None)
+    except RetreinoError:
         return None
 
 
 def _read_csv(path: Path) -> list[dict]:
+    from .runs import read_csv_rows
+
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+        return read_csv_rows(path)
     except OSError:
         return []
 

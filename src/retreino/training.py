@@ -21,7 +21,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
-from .atomic import write_json, write_text  # noqa: E402
 from .callbacks import (  # noqa: E402
     EpochProgress,
     NanGuard,
@@ -30,14 +29,14 @@ from .callbacks import (  # noqa: E402
     RunRecorder,
     SnapshotCallbacks,
 )
-from .config import TrainConfig  # noqa: E402
-from .console import info as say  # noqa: E402
+from .config import TrainConfig, monitor_mode  # noqa: E402
 from .console import set_resume_command, status, table  # noqa: E402
 from .errors import RetreinoError  # noqa: E402
 from .models import LoadedModel, load_model, save_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
 from .models.summary import count_params  # noqa: E402
 from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
+from .runs import RunDir, RunState  # noqa: E402
 
 
 class TrainingError(RetreinoError):
@@ -100,6 +99,7 @@ def train(
     if resume is not None:
         return _resume(Path(resume), printer=printer, callbacks=callbacks)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    cfg.validate()  # again: fields may have been set after the config was built
     if not cfg.model or not cfg.data:
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
     from .speed.devices import run_context
@@ -127,12 +127,7 @@ class _Trainer:
             labels_csv=cfg.labels_csv, strict=cfg.strict,
         )
         ds = self.dataset
-        if ds.train is None or len(ds.train) == 0:
-            raise RetreinoError(f"no training images found in {cfg.data}")
-        if ds.validation is None or len(ds.validation) == 0:
-            raise RetreinoError(f"no validation images in {cfg.data}: add a validation/ folder or use --val-split")
-        if len(ds.class_names) < 2:
-            raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {cfg.data}")
+        check_trainable(ds, cfg.data)
         if fresh:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
             self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
@@ -218,11 +213,7 @@ class _Trainer:
         cfg = self.cfg
         loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
         if optimizer is None:
-            optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-                          "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
-            if cfg.optimizer.lower() not in optimizers:
-                raise RetreinoError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(optimizers)}")
-            optimizer = optimizers[cfg.optimizer.lower()](learning_rate=learning_rate)
+            optimizer = make_optimizer(cfg.optimizer, learning_rate)
         # XLA only with mixed precision on a GPU: on CPU it compiles for long and gains little.
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_mixed(cfg))
 
@@ -253,17 +244,18 @@ class _Trainer:
         if dry_run:
             self.print_trainable()
             return None
-        self.run_dir = runs.new_run_dir(cfg.runs_dir, cfg.name or _default_name(cfg))
+        run = RunDir.create(cfg.runs_dir, cfg.name or _default_name(cfg))
+        self.run_dir = run.path
         self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
-        write_text(self.run_dir / runs.LABELS, labels_text(ds.class_names))
-        write_json(self.run_dir / runs.CONFIG, self.config_record())
-        state = {"epoch": 0, "phase": None, "best": None, "new_head": self.new_head, "finished": False}
-        runs.write_state(self.run_dir, state)
+        run.write_labels(labels_text(ds.class_names))
+        run.write_config(self.config_record())
+        state = RunState(new_head=self.new_head)
+        run.write_state(state)
         self.printer(f"Run directory: {self.run_dir}")
         set_resume_command(f"retreino train --resume {self.run_dir}")  # for the CLI's "interrupted" line
         return self.fit(state, history=[], resume_model=None)
 
-    def fit(self, state: dict, history: list, resume_model) -> Run:
+    def fit(self, state: RunState, history: list, resume_model) -> Run:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
@@ -277,7 +269,7 @@ class _Trainer:
         try:
             for phase, n_epochs, lr in self.phases():
                 end = offset + n_epochs
-                if state["epoch"] >= end:  # phase already done before a resume
+                if state.epoch >= end:  # phase already done before a resume
                     offset = end
                     continue
                 if phase == "linear-probe":
@@ -286,7 +278,7 @@ class _Trainer:
                     run_linear_probe(self, state, history)
                     offset = end
                     continue
-                if resume_model is not None and state.get("phase") == phase and state["epoch"] > offset:
+                if resume_model is not None and state.phase == phase and state.epoch > offset:
                     model = resume_model  # same phase: keep its optimizer state and learning rate
                 else:
                     self.freeze(phase)
@@ -310,7 +302,7 @@ class _Trainer:
                     from .speed.devices import patch_symbolic_build
                     patch_symbolic_build(fit_model)
                 fit_model.fit(
-                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state["epoch"],
+                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
                     callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
                     shuffle=False,  # the datasets shuffle themselves, seeded
                 )
@@ -320,27 +312,28 @@ class _Trainer:
                         f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1}; stopped. The best model so far "
                         f"is in {self.run_dir / runs.BEST_KERAS}. Try a lower --lr or check the data"
                     )
-                if phase == "finetune" and state["epoch"] < end:
-                    self.printer(f"Early stopping: no val_accuracy gain in {cfg.early_stopping_patience} epochs")
+                if phase == "finetune" and state.epoch < end:
+                    self.printer(f"Early stopping: no {cfg.monitor} gain in {cfg.early_stopping_patience} epochs")
                 offset = end
-            state["finished"] = True
-            runs.write_state(self.run_dir, state)
+            state.finished = True
+            RunDir(self.run_dir).write_state(state)
         except KeyboardInterrupt:
             interrupted = True
-            self.printer(f"\nInterrupted after epoch {state['epoch']}. Continue with: retreino train --resume {self.run_dir}")
-        run = Run(self.run_dir, cfg, list(self.dataset.class_names), history, state.get("best_epoch"), state.get("best"), interrupted)
+            self.printer(f"\nInterrupted after epoch {state.epoch}. Continue with: retreino train --resume {self.run_dir}")
+        run = Run(self.run_dir, cfg, list(self.dataset.class_names), history, state.best_epoch, state.best, interrupted)
         self.finish(run)
         return run
 
     def callbacks(self, phase, total, state, history, nan_guard, full_model=None):
         cfg = self.cfg
+        mode = monitor_mode(cfg.monitor)
         early = ResumableEarlyStopping(
-            saved=state.get("early_stopping") if state.get("phase") == "finetune" else None,
-            monitor=cfg.monitor, mode="max", patience=cfg.early_stopping_patience, restore_best_weights=False,
+            saved=state.early_stopping if state.phase == "finetune" else None,
+            monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping_patience, restore_best_weights=False,
         )
         reduce = ResumableReduceLR(
-            saved=state.get("reduce_lr") if state.get("phase") == "finetune" else None,
-            monitor=cfg.monitor, mode="max", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
+            saved=state.reduce_lr if state.phase == "finetune" else None,
+            monitor=cfg.monitor, mode=mode, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
         )
         recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
                                full_model=full_model)
@@ -387,7 +380,7 @@ class _Trainer:
         if run.best_epoch:
             best = run.history[run.best_epoch - 1] if len(run.history) >= run.best_epoch else {}
             self.printer(
-                f"Best epoch {run.best_epoch}: val_accuracy {run.best_val_accuracy:.3f}"
+                f"Best epoch {run.best_epoch}: {self.cfg.monitor} {run.best_val_accuracy:.3f}"
                 + (f", val_loss {best['val_loss']:.4f}" if best.get("val_loss") is not None else "")
             )
         files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
@@ -448,30 +441,31 @@ def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
 
 
 def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
-    record = runs.read_json(run_dir, runs.CONFIG)
-    state = runs.read_json(run_dir, runs.STATE)
+    run = RunDir(run_dir)
+    record = run.read_config()
+    state = run.read_state()
     if not record or not state:
         raise RetreinoError(f"{run_dir} is not a retreino run directory (no config.json/state.json)")
     cfg = TrainConfig.from_dict(record["config"])
-    history = [row for row in runs.read_history(run_dir) if int(row["epoch"]) <= int(state["epoch"])]
-    if state.get("finished"):
-        printer(f"{run_dir} already finished ({state['epoch']} epochs); nothing to resume")
-        return Run(run_dir, cfg, record["data"]["class_names"], history, state.get("best_epoch"), state.get("best"))
+    history = [row for row in run.read_history() if int(row["epoch"]) <= state.epoch]
+    if state.finished:
+        printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
+        return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
     from .speed.devices import run_context
 
     with run_context(cfg, printer=printer):
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
 
 
-def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, history: list, printer, callbacks) -> Run:
+def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, history: list, printer, callbacks) -> Run:
     trainer = _Trainer(cfg, printer=printer, run_dir=run_dir, callbacks=callbacks)
     resume_model = None
     last = run_dir / runs.LAST
-    if state["epoch"] > 0 and last.exists():
+    if state.epoch > 0 and last.exists():
         resume_model = keras.saving.load_model(last, compile=True)
         trainer.loaded = LoadedModel(resume_model, ModelInfo.from_dict(record["model"]))
-        if state.get("lr") is not None:
-            resume_model.optimizer.learning_rate.assign(state["lr"])
+        if state.lr is not None:
+            resume_model.optimizer.learning_rate.assign(state.lr)
     else:  # killed before the first epoch finished: start the phases afresh
         base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
         trainer.loaded = prepare_for_classes(base, record["data"]["class_names"], dropout=cfg.dropout, seed=cfg.seed).loaded
@@ -479,12 +473,31 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: dict, hist
     if list(trainer.dataset.class_names) != list(record["data"]["class_names"]):
         raise RetreinoError(f"the classes in {cfg.data} changed since the run started; start a new run")
     trainer.new_head = bool(record.get("new_head", True))
-    if resume_model is not None and state.get("phase") == "warmup" and state["epoch"] >= cfg.warmup_epochs:
+    if resume_model is not None and state.phase == "warmup" and state.epoch >= cfg.warmup_epochs:
         resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
         trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
-    printer(f"Resuming {run_dir} after epoch {state['epoch']}")
+    printer(f"Resuming {run_dir} after epoch {state.epoch}")
     set_resume_command(f"retreino train --resume {run_dir}")
     return trainer.fit(state, history, resume_model)
+
+
+def check_trainable(ds, data) -> None:
+    """A dataset can be trained on: training and validation images, and two classes at least."""
+    if ds.train is None or len(ds.train) == 0:
+        raise RetreinoError(f"no training images found in {data}")
+    if ds.validation is None or len(ds.validation) == 0:
+        raise RetreinoError(f"no validation images in {data}: add a validation/ folder or use --val-split")
+    if len(ds.class_names) < 2:
+        raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {data}")
+
+
+def make_optimizer(name: str, learning_rate: float | None):
+    """A Keras optimizer by its config name (config.OPTIMIZERS), at `learning_rate`."""
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
+                  "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
+    if name.lower() not in optimizers:  # TrainConfig.validate rejects it earlier; a field set later lands here
+        raise RetreinoError(f"unknown optimizer {name!r}: use one of {', '.join(optimizers)}")
+    return optimizers[name.lower()](learning_rate=learning_rate)
 
 
 def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):

@@ -5,6 +5,7 @@ Each sub-command lives in its own module of this package and exposes `register(s
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 
@@ -30,12 +31,40 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    parser.commands = sub.choices  # name -> sub-command parser, for "did you mean" below
     return parser
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest choice to a mistyped `word`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, with a "did you mean" for a mistyped sub-command or flag (Python < 3.14 has none).
+
+    A mistyped flag is reported with the usage of its own sub-command, not the top-level one.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser.commands
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first == (argv[0] if argv else None) and first not in commands:
+        parser.error(f"unknown command {first!r}{did_you_mean(first, commands)}; see retreino --help")
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = commands.get(getattr(args, "command", None) or "", parser)
+        # argparse has no public list of a parser's flags; _actions is stable since Python 3.2.
+        flags = [o for action in command._actions for o in action.option_strings]
+        unknown = extras[0].split("=", 1)[0]
+        hint = did_you_mean(unknown, flags) if unknown.startswith("-") else ""
+        command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from ..config import DEFAULT_SEED, DEFAULT_TEST_SPLIT, DEFAULT_VAL_SPLIT
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,9 +14,9 @@ def register(sub) -> None:
                     "files are fatal too).")
     p.add_argument("root", metavar="ROOT", help="dataset folder: train/validation/test/<class>/, <class>/ folders, or images with a labels.csv")
     p.add_argument("--labels", metavar="CSV", help="CSV of filename,label (default: labels.csv in or beside ROOT)")
-    p.add_argument("--val-split", type=float, default=0.2, metavar="F", help="validation fraction when ROOT has no validation/ folder (default 0.2)")
-    p.add_argument("--test-split", type=float, default=0.1, metavar="F", help="test fraction when ROOT has no test/ folder (default 0.1)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split (default 42)")
+    p.add_argument("--val-split", type=float, default=DEFAULT_VAL_SPLIT, metavar="F", help=f"validation fraction when ROOT has no validation/ folder (default {DEFAULT_VAL_SPLIT})")
+    p.add_argument("--test-split", type=float, default=DEFAULT_TEST_SPLIT, metavar="F", help=f"test fraction when ROOT has no test/ folder (default {DEFAULT_TEST_SPLIT})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"seed of the split (default {DEFAULT_SEED})")
     p.add_argument("--strict", action="store_true", help="unreadable image files are fatal instead of skipped")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--follow-links", action="store_true",

@@ -41,7 +41,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    cfg = config_from_args(args)  # checked before TensorFlow loads
     from ..selection.cv import cross_validate
 
-    cross_validate(config_from_args(args), folds=args.folds)
+    cross_validate(cfg, folds=args.folds)
     return 0

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from ..runs import RunDir
 from .common import MODEL_HELP, add_model_args, add_runtime_arg, open_model
 
 
@@ -38,7 +38,7 @@ def run(args) -> int:
 
     run_dir = args.run
     model = args.model
-    if run_dir is None and model and (Path(model) / "config.json").is_file() and not args.data:
+    if run_dir is None and model and RunDir(model).is_run and not args.data:
         run_dir = model  # `retreino evaluate runs/cats` means the run
     if run_dir is None and not model:
         raise RetreinoError("give a MODEL and --data DIR, or --run RUN_DIR")

@@ -84,15 +84,16 @@ def run(args) -> int:
 
 def _run_images(model: Path) -> str | None:
     """A run directory remembers its data (config.json); use its held-out images for the check."""
-    config = (model if model.is_dir() else model.parent) / "config.json"
-    if not config.is_file():
+    from ..errors import RetreinoError
+    from ..runs import RunDir
+
+    run = RunDir.holding(model)
+    if run is None:
         return None
     try:
-        record = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = run.data_root()
+    except RetreinoError:  # a broken config.json: no images to check on, not a failed export
         return None
-    # A run's config.json: {"config": {"data": ROOT, ...}, "data": {"root": ROOT, ...}, ...}
-    data = (record.get("config") or {}).get("data") or (record.get("data") or {}).get("root")
     if not data or not Path(data).is_dir():
         return None
     for split in ("test", "validation"):

@@ -15,9 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..models.summary import summarize
-
     from .. import load_model
+    from ..models.summary import summarize
 
     summary = summarize(load_model(args.model, **model_kwargs(args)))
     if args.json:

@@ -33,20 +33,18 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..config import validate_serve
     from ..errors import RetreinoError
 
+    flags = {"port": "--port", "max_file_mb": "--max-file-mb", "max_files": "--max-files", "max_batch": "--max-batch",
+             "batch_wait_ms": "--batch-wait-ms", "resize_mode": "--resize"}
+    validate_serve({field: getattr(args, flag[2:].replace("-", "_")) for field, flag in flags.items()
+                    if field != "resize_mode"}, names=flags)  # before FastAPI and TensorFlow load
     try:
         from ..serve import ServeSettings, serve
     except ModuleNotFoundError as exc:  # fastapi/uvicorn are an extra
         raise RetreinoError(f"serving needs the serve extra ({exc.name} is missing): pip install 'retreino[serve]'") from exc
 
-    for flag, value, low in (("--max-file-mb", args.max_file_mb, 0), ("--max-files", args.max_files, 0), ("--max-batch", args.max_batch, 0)):
-        if not value > low:
-            raise RetreinoError(f"{flag} must be above {low}, not {value:g}")
-    if args.batch_wait_ms < 0:
-        raise RetreinoError(f"--batch-wait-ms must be 0 or more, not {args.batch_wait_ms:g}")
-    if not 0 <= args.port <= 65535:
-        raise RetreinoError(f"--port must be 0 to 65535, not {args.port}")
     if args.in_browser:  # serve/browser.py: a static tfjs export folder, nothing predicted here
         from ..serve.browser import serve_in_browser
 

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import AugmentConfig, TrainConfig
+from ..config import AugmentConfig, TrainConfig, validate_settings
 
 # flag -> (TrainConfig field, type, help). Defaults come from TrainConfig, so `--help` shows them.
 _D = TrainConfig()
 _A = AugmentConfig()
 OPTIONS = {
     "--epochs": ("epochs", int, f"fine-tuning epochs (default {_D.epochs})"),
-    "--optimizer": ("optimizer", str, f"adam (default) | sgd | rmsprop | adamw"),
+    "--optimizer": ("optimizer", str, "adam (default) | sgd | rmsprop | adamw"),
     "--lr": ("learning_rate", float, f"fine-tuning learning rate (default {_D.learning_rate:g})"),
     "--unfreeze": ("unfreeze", int, f"train the last N layers with weights of the flattened model (default {_D.unfreeze})"),
     "--batch-size": ("batch_size", int, f"(default {_D.batch_size})"),
@@ -71,12 +71,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# setting -> the flag that sets it, so that a bad value is reported under the name the user typed.
+FLAGS = {field: flag for flag, (field, _, _) in {**OPTIONS, **AUGMENT}.items()}
+
+
 def config_from_args(args) -> TrainConfig:
+    """The TrainConfig the flags ask for, checked (SettingError naming the flag) before anything heavy loads."""
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
     changes = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in OPTIONS.items()}
     changes.update(model=args.model, data=args.data, train_bn=args.train_bn, strict=args.strict,
-                   tensorboard=args.tensorboard, mlflow=args.mlflow)
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+                   tensorboard=getattr(args, "tensorboard", None), mlflow=getattr(args, "mlflow", None))  # cv, tune: no such flags
+    changes = {k: v for k, v in changes.items() if v is not None}
     aug = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _, _) in AUGMENT.items()}
     aug = {k: v for k, v in aug.items() if v is not None}
     if args.no_flip:
@@ -84,11 +89,14 @@ def config_from_args(args) -> TrainConfig:
     if args.vertical_flip:
         aug["vertical_flip"] = True
     augment = AugmentConfig.off() if args.no_augment else cfg.augment
+    validate_settings({**cfg.to_dict(), **changes, "augment": {**dataclasses.asdict(augment), **aug}}, names=FLAGS)
+    cfg = dataclasses.replace(cfg, **changes)
     cfg.augment = dataclasses.replace(augment, **aug)
     return cfg
 
 
 def run(args) -> int:
+    cfg = None if args.resume else config_from_args(args)  # checked before TensorFlow loads
     from ..console import status
 
     status("loading TensorFlow and Keras ...")  # 5-20 s on a busy machine, before any other line
@@ -97,5 +105,5 @@ def run(args) -> int:
     if args.resume:
         result = train(resume=args.resume)
     else:
-        result = train(config_from_args(args), dry_run=args.dry_run)
+        result = train(cfg, dry_run=args.dry_run)
     return 130 if result is not None and result.interrupted else 0

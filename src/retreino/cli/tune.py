@@ -71,7 +71,8 @@ def _pair(flag: str, text: str, typ):
 
 
 def run(args) -> int:
+    cfg = config_from_args(args)  # checked before TensorFlow loads
     from ..selection.tune import tune
 
-    tune(config_from_args(args), trials=args.trials, space=space_from_args(args), pruner=args.pruner, timeout=args.timeout)
+    tune(cfg, trials=args.trials, space=space_from_args(args), pruner=args.pruner, timeout=args.timeout)
     return 0

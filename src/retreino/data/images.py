@@ -126,3 +126,4 @@ def sniff_format(head: bytes) -> str | None:
         if head.startswith(magic):
             return name
     return None
+

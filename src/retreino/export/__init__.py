@@ -27,21 +27,19 @@ import numpy as np
 from .. import __version__, _env
 
 _env.import_tensorflow()
-from ..atomic import write_bytes, write_json, write_text
-from ..errors import RetreinoError
-from ..inference.exports import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint
-from ..inference.runtimes import quiet_native
-from ..models.info import LoadedModel, ModelInfo, labels_text
-from ..preprocessing import scale_pixels_np
-from .keras2_h5 import ExportError, write_keras2_h5
+from ..atomic import write_bytes, write_json, write_text  # noqa: E402
+from ..errors import RetreinoError  # noqa: E402
+from ..inference.exports import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint  # noqa: E402
+from ..inference.runtimes import quiet_native  # noqa: E402
+from ..models.info import LoadedModel, ModelInfo, labels_text  # noqa: E402
+from ..preprocessing import scale_pixels_np  # noqa: E402
+from .keras2_h5 import ExportError, write_keras2_h5  # noqa: E402
 
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs")
 FLOAT_TOLERANCE = 1e-4  # max |p_export - p_keras| over every image and class
 INT8_MIN_AGREEMENT = 0.99  # fraction of images with the same top-1 class
 PARITY_IMAGES = 100
 CALIBRATION_IMAGES = 100
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_model", "export_models", "check_tm_contract"]
 
 
@@ -381,18 +379,9 @@ def _zip_bytes(meta: dict) -> bytes:
 @contextlib.contextmanager
 def _quiet():
     """Converters print pages of progress and deprecation notes; the CLI prints its own summary."""
-    import logging
-
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _env.quiet_loggers("tensorflow", "absl", "tf2onnx"):
         warnings.simplefilter("ignore")
-        levels = {n: logging.getLogger(n).level for n in ("tensorflow", "absl", "tf2onnx")}
-        for n in levels:
-            logging.getLogger(n).setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for n, level in levels.items():
-                logging.getLogger(n).setLevel(level)
+        yield
 
 
 # --------------------------------------------------------------------------- checking
@@ -454,10 +443,14 @@ def _image_list(images) -> list[Path]:
             raise RetreinoError(f"no such image folder: {root}")
         if root.is_file():
             return [root]
-        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not found:
-            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return found
+        from ..data.images import IMAGE_EXTENSIONS
+        from ..errors import DataError
+        from ..prediction import find_images  # the one finder: regular files, .tif/.tiff included
+
+        try:
+            return sorted(find_images(root))
+        except DataError:
+            raise RetreinoError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})") from None
     return [Path(p) for p in images]
 
 

@@ -18,8 +18,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..data.images import read_image
 from .. import safety
+from ..data.images import read_image
 from ..errors import RetreinoError
 from ..models.info import LoadedModel, ModelInfo
 from ..preprocessing import scale_pixels_np

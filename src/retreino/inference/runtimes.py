@@ -8,15 +8,14 @@ import TensorFlow, and only when one is opened.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from .. import safety
+from .._env import quiet_native  # noqa: F401  (the one stderr silencer; export imports it from here)
 from ..errors import RetreinoError
 from ..models.info import ModelInfo
 from .exports import ExportRecord, read_export
@@ -127,21 +126,6 @@ class TFLiteRuntime(Runtime):
     @property
     def output_units(self) -> int:
         return int(self._output["shape"][-1])
-
-
-@contextlib.contextmanager
-def quiet_native():
-    """Silence native (C++) chatter written straight to fd 2; Python exceptions still propagate."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -8,14 +8,14 @@ from pathlib import Path
 from .. import _env
 
 _env.import_tensorflow()
-from .. import safety
-from ..errors import ModelLoadError, UnsafeModelError
-from ..preprocessing import normalize_mode
-from . import legacy_h5, tfjs
-from .backbones import BACKBONES, build_backbone
-from .graph import find_head, flatten_layers
-from .info import LoadedModel, ModelInfo, read_labels
-from .saving import read_metadata
+from .. import safety  # noqa: E402
+from ..errors import ModelLoadError, UnsafeModelError  # noqa: E402
+from ..preprocessing import normalize_mode  # noqa: E402
+from . import legacy_h5, tfjs  # noqa: E402
+from .backbones import BACKBONES, build_backbone  # noqa: E402
+from .graph import find_head, flatten_layers  # noqa: E402
+from .info import LoadedModel, ModelInfo, read_labels  # noqa: E402
+from .saving import read_metadata  # noqa: E402
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Model files a folder may hold, in order of preference (a run directory, a TM export).

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import zipfile
 from pathlib import Path
 
@@ -51,13 +50,10 @@ def save_model(loaded: LoadedModel, path: str | Path, write_labels: bool = True)
 @contextlib.contextmanager
 def _quiet_h5_warning():
     """Keras logs "HDF5 is legacy" on every H5 save; writing H5 is deliberate here (compatibility)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    from .._env import quiet_loggers
+
+    with quiet_loggers("absl"):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 def read_metadata(path: str | Path) -> ModelInfo | None:

@@ -2,12 +2,12 @@
 and the guard that a resumed selection directory was started with the same settings."""
 from __future__ import annotations
 
-import json
-import re
 import time
 from pathlib import Path
 
+from ..atomic import read_json
 from ..errors import RetreinoError
+from ..runs import folder_name  # noqa: F401  (re-exported: one cleaning rule, owned by runs)
 
 
 def duration(seconds: float | None) -> str:
@@ -75,7 +75,7 @@ def check_same_settings(path: Path, record: dict, what: str, keys: tuple[str, ..
     """A resumed directory must have been started with the same settings; say which one differs."""
     if not path.exists():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = read_json(path)
     for key in keys:
         a, b = _flat(old.get(key), f"{key}."), _flat(record.get(key), f"{key}.")
         if a != b:
@@ -96,6 +96,3 @@ def _flat(value, prefix: str = "") -> dict:
     return {prefix.rstrip(".") or "value": value}
 
 
-def folder_name(name: str) -> str:
-    """A run name as a folder name, cleaned the way `runs.new_run_dir` cleans it."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"

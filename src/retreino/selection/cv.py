@@ -80,9 +80,10 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
     ...                     data="../shared/datasets/cats_vs_dogs", folds=5, epochs=3)  # doctest: +SKIP
     >>> cv.mean["accuracy"], cv.std["accuracy"]                                          # doctest: +SKIP
     """
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    cfg.validate()
     from ..data import load_dataset
 
-    cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not cfg.model or not cfg.data:
         raise RetreinoError("cv needs a model (file, folder or backbone name) and a data folder")
     if folds < 2:
@@ -130,7 +131,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
     for k in range(1, folds + 1):
         fold_run = cv_dir / f"fold_{k}"
         if _finished(fold_run) and (fold_run / FOLD_METRICS).exists():
-            record = runs.read_json(fold_run, FOLD_METRICS)
+            record = runs.RunDir(fold_run).read_json(FOLD_METRICS)
             results.append(record)
             printer(f"fold {k}/{folds}: already finished (accuracy {record['accuracy']:.3f}); skipped")
             continue
@@ -213,7 +214,8 @@ def _materialise(root: Path, splits: dict, classes: list[str]) -> None:
 
 
 def _finished(run_dir: Path) -> bool:
-    return bool(runs.read_json(run_dir, runs.STATE).get("finished")) if run_dir.is_dir() else False
+    state = runs.RunDir(run_dir).read_state() if run_dir.is_dir() else None
+    return bool(state and state.finished)
 
 
 def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> dict:
@@ -224,7 +226,7 @@ def _measure_fold(run, k: int, n_train: int, val_paths, val_labels, classes) -> 
     predictor = open_predictor(run.best_model, runtime="keras", resize_mode=run.config.resize)
     probs = predictor.predict_images(val_paths)
     m = compute_metrics(val_labels, probs, classes)
-    history = run.history or runs.read_history(run.dir)
+    history = run.history or runs.RunDir(run.dir).read_history()
     return {
         "fold": k,
         "train_images": n_train,
@@ -282,13 +284,13 @@ def format_table(summary: dict) -> str:
 
 def plot_boxplot(summary: dict, out_path: Path) -> Path:
     """One panel per metric: the folds' spread as a box, each fold a labelled point, the mean a diamond."""
-    from ..plots import TRAIN_COLOR, VAL_COLOR, _figure, _style, save_figure
+    from ..plots import TRAIN_COLOR, VAL_COLOR, new_figure, plot_style, save_figure
 
     keys = [k for k in METRICS if k in summary["mean"]]
     titles = {"accuracy": "Accuracy", "macro_f1": "Macro F1", "loss": "Loss (lower is better)", "roc_auc": "ROC-AUC"}
     rng = np.random.default_rng(0)
-    with _style():
-        fig = _figure(3.0 * len(keys) + 0.6, 4.4)
+    with plot_style():
+        fig = new_figure(3.0 * len(keys) + 0.6, 4.4)
         axes = np.atleast_1d(fig.subplots(1, len(keys)))
         for ax, key in zip(axes, keys):
             values = np.array([r[key] for r in summary["per_fold"]], dtype=float)

@@ -142,12 +142,13 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     ...               data="../shared/datasets/cats_vs_dogs", trials=20, epochs=5)  # doctest: +SKIP
     >>> result.best_config.learning_rate                                             # doctest: +SKIP
     """
+    base = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
+    base.validate()
     try:
         import optuna
     except ImportError as exc:
         raise RetreinoError("tune needs Optuna: pip install 'retreino[tune]'") from exc
 
-    base = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     if not base.model or not base.data:
         raise RetreinoError("tune needs a model (file, folder or backbone name) and a data folder")
     if trials < 1:
@@ -195,7 +196,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
         if outcome == "interrupted":
             printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
             raise KeyboardInterrupt
-        trial_row = _row(study.trials[trial.number])
+        trial_row = _row(study.trials[trial.number], _retried(study))
         head = f"trial {index}/{trials} [{cfg.name}]"
         if outcome == "complete":
             best = _best(study)
@@ -278,8 +279,8 @@ def _requeue_interrupted(study, printer) -> None:
     import optuna
 
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        for attr in ("interrupted", "uncounted"):  # no public setter for another process's trial
-            study._storage.set_trial_user_attr(t._trial_id, attr, True)
+        # Optuna has no public setter for another process's trial: the queued retry's "retry_of"
+        # is what marks this one interrupted (see _retried).
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         printer(f"trial {t.number} was interrupted; it runs again with the same values")
@@ -290,16 +291,24 @@ def _counted(study) -> int:
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("uncounted"))
+    retried = _retried(study)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states)
+               if not t.user_attrs.get("uncounted") and t.number not in retried)
+
+
+def _retried(study) -> set[int]:
+    """Numbers of the trials that were interrupted and queued again (a retry names them in "retry_of")."""
+    return {int(t.user_attrs["retry_of"]) for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs}
 
 
 def _finish_pruned(run_dir: Path) -> None:
     """A pruned run stopped mid-`train`: still give it its learning curves, and say why it stopped."""
-    state = runs.read_json(run_dir, runs.STATE)
+    run = runs.RunDir(run_dir)
+    state = run.read_state()
     if state:
-        state["pruned"] = True
-        runs.write_state(run_dir, state)
-    history = runs.read_history(run_dir)
+        state.pruned = True
+        run.write_state(state)
+    history = run.read_history()
     if history:
         from ..plots import plot_learning_curves
 
@@ -311,11 +320,11 @@ def _finish_pruned(run_dir: Path) -> None:
 COLUMNS = ["rank", "trial", "state", "val_accuracy", "val_loss", "best_epoch", "epochs", "seconds", *PARAMS, "run_dir"]
 
 
-def _row(t) -> dict:
+def _row(t, retried: set[int] = frozenset()) -> dict:
     run_dir = Path(t.user_attrs.get("run_dir", ""))
-    history = runs.read_history(run_dir) if t.user_attrs.get("run_dir") else []
+    history = runs.RunDir(run_dir).read_history() if t.user_attrs.get("run_dir") else []
     state = t.state.name.lower()
-    if t.user_attrs.get("interrupted"):
+    if t.user_attrs.get("interrupted") or (state == "fail" and t.number in retried):
         state = "interrupted"
     value = t.value if state == "complete" else None  # Optuna gives a pruned trial its last report
     best_epoch = t.user_attrs.get("best_epoch")
@@ -326,7 +335,7 @@ def _row(t) -> dict:
             best_epoch = scores.index(value) + 1
     at_best = _history_at(history, best_epoch)
     params = dict(t.params)
-    cfg = runs.read_json(run_dir, runs.CONFIG).get("config", {}) if t.user_attrs.get("run_dir") else {}
+    cfg = runs.RunDir(run_dir).settings() if t.user_attrs.get("run_dir") else {}
     for k in PARAMS:  # fixed ranges are not Optuna params: read them from the trial's config
         if k not in params and k in cfg:
             params[k] = cfg[k]
@@ -351,7 +360,9 @@ def _best(study) -> dict | None:
 
 
 def leaderboard(study) -> list[dict]:
-    rows = sorted((_row(t) for t in study.trials if t.state.name != "RUNNING" and t.state.name != "WAITING"), key=_sort_key)
+    retried = _retried(study)
+    rows = sorted((_row(t, retried) for t in study.trials if t.state.name != "RUNNING" and t.state.name != "WAITING"),
+                  key=_sort_key)
     rank = 0
     for r in rows:
         if r["state"] == "complete":
@@ -375,7 +386,7 @@ def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer
     best_cfg = None
     if best is not None:
         # The trial's own config.json, so nothing is re-derived: only where results go is reset.
-        record = runs.read_json(Path(best["run_dir"]), runs.CONFIG)["config"]
+        record = runs.RunDir(best["run_dir"]).read_config()["config"]
         best_cfg = dataclasses.replace(TrainConfig.from_dict(record), runs_dir=base.runs_dir,
                                        name=f"{name or _default_name(base)}-best")
         write_json(tune_dir / BEST_CONFIG, {
@@ -417,11 +428,11 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
     """Left: each trial's score in order with the best so far; right: score against learning rate."""
     import numpy as np
 
-    from ..plots import TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, _figure, _percent, _style, save_figure
+    from ..plots import TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, new_figure, percent_axis, plot_style, save_figure
 
     rows = sorted((r for r in rows if r["val_accuracy"] is not None), key=lambda r: r["trial"])
-    with _style():
-        fig = _figure(11, 4.2)
+    with plot_style():
+        fig = new_figure(11, 4.2)
         ax1, ax2 = fig.subplots(1, 2)
         styles = {"complete": dict(marker="o", color=TRAIN_COLOR, label="complete"),
                   "pruned": dict(marker="x", color=VAL_COLOR, label="pruned (best before stopping)"),
@@ -449,7 +460,7 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
         ax2.set_title("Score against learning rate")
         ax2.set_xlabel("learning rate (fine-tuning)")
         for ax in (ax1, ax2):
-            ax.yaxis.set_major_formatter(_percent())
+            ax.yaxis.set_major_formatter(percent_axis())
         ax1.legend(loc="best", fontsize=8)
         for r in rows:
             ax2.annotate(str(r["trial"]), (r["learning_rate"], r["val_accuracy"]), xytext=(5, 3), textcoords="offset points",

@@ -67,6 +67,9 @@ def serve(
 ) -> None:
     """Serve `model` until interrupted (Ctrl+C or SIGTERM)."""
     settings = settings or ServeSettings()
+    from ..config import validate_serve
+
+    validate_serve({**dataclasses.asdict(settings), "port": port})
     # Claim the port first: a busy port should fail in a second, not after importing
     # TensorFlow and loading the model.
     sock = bind_socket(host, port)

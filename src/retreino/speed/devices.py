@@ -9,11 +9,11 @@ tf = _env.import_tensorflow()
 
 import keras  # noqa: E402
 
+from ..config import ACCELERATE, DISTRIBUTE, PRECISIONS, TRAIN_CONSTRAINTS  # noqa: E402, F401
+from ..constraints import validate  # noqa: E402
 from ..errors import RetreinoError  # noqa: E402
 
-DISTRIBUTE = ("mirrored", "multiworker")
-PRECISIONS = ("float32", "mixed")
-ACCELERATE = ("auto", "off")
+_SPEED_FLAGS = {"distribute": "--distribute", "precision": "--precision", "accelerate": "--accelerate"}
 
 
 def gpus() -> list:
@@ -21,13 +21,9 @@ def gpus() -> list:
 
 
 def check(cfg) -> None:
-    """Reject unknown values with one line before anything is loaded."""
-    if cfg.distribute not in (None, "", "none", *DISTRIBUTE):
-        raise RetreinoError(f"unknown --distribute {cfg.distribute!r}: use {' or '.join(DISTRIBUTE)}")
-    if cfg.precision not in PRECISIONS:
-        raise RetreinoError(f"unknown --precision {cfg.precision!r}: use {' or '.join(PRECISIONS)}")
-    if cfg.accelerate not in ACCELERATE:
-        raise RetreinoError(f"unknown --accelerate {cfg.accelerate!r}: use {' or '.join(ACCELERATE)}")
+    """Reject unknown values with one line before anything is loaded (from config's constraints table)."""
+    values = {name: getattr(cfg, name) for name in _SPEED_FLAGS}
+    validate(values, {name: TRAIN_CONSTRAINTS[name] for name in _SPEED_FLAGS}, names=_SPEED_FLAGS)
 
 
 def strategy_for(name: str | None):
