@@ -48,7 +48,7 @@ AUGMENT_CONSTRAINTS: dict[str, list] = {
 TRAIN_CONSTRAINTS: dict[str, list] = {
     "val_split": _FRACTION,
     "test_split": _FRACTION,
-    "resize": [StrOptions(RESIZE_MODES)],
+    "resize": [StrOptions(RESIZE_MODES), NONE],  # None: the model's own (ModelInfo.resize)
     "strict": [BOOL],
     "cache_budget_mb": _COUNT,
     "unfreeze": _COUNT,
@@ -71,6 +71,7 @@ TRAIN_CONSTRAINTS: dict[str, list] = {
     "precision": [StrOptions(PRECISIONS)],
     "distribute": [StrOptions(DISTRIBUTE, internal={"none", ""}), NONE],
     "tensorboard": [BOOL],
+    "head_init": [StrOptions({"linear-probe", "warmup"})],  # recipe.HEAD_INITS
 }
 
 
