@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--follow-links", action="store_true",
                    help="use symlinks that resolve outside ROOT (labels-CSV rows outside ROOT are always refused)")
+    from .label_issues import add_label_issue_args
+
+    add_label_issue_args(p)
     p.set_defaults(func=run)
 
 
@@ -30,6 +33,10 @@ def run(args) -> int:
     report = check_dataset(args.root, labels_csv=args.labels, val_split=args.val_split,
                            test_split=args.test_split, seed=args.seed, strict=args.strict,
                            follow_links=args.follow_links)
+    if args.model:
+        from .label_issues import add_label_issues
+
+        add_label_issues(report, args)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -23,6 +23,7 @@ KIND_TITLES = {
     "unlabeled": "unlabeled", "missing_file": "missing file", "bad_row": "bad CSV row",
     "empty_class": "empty class", "empty_split": "empty split", "ignored": "ignored",
     "outside_data": "outside the data folder", "not_regular": "not a regular file",
+    "suspect_label": "suspect label",
 }
 _ORDER = {k: i for i, k in enumerate(KIND_TITLES)}
 

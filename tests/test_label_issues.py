@@ -1,0 +1,65 @@
+"""check-data --model finds real mislabelled photos: a copy of cats_vs_dogs with a seeded 5% moved to the other class."""
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CATS_VS_DOGS, WATER_BOTTLES, need_shared
+
+PER_CLASS = 60
+MOVED_FRACTION = 0.05
+
+
+def _mislabelled_copy(root: Path) -> tuple[Path, set[str]]:
+    """root/data/{cats,dogs}: PER_CLASS real photos of each class, 5% of them (seeded) in the wrong folder."""
+    data = root / "data"
+    files = []
+    for cls in ("cats", "dogs"):
+        (data / cls).mkdir(parents=True)
+        for f in sorted((CATS_VS_DOGS / "train" / cls).glob("*.jpg"))[:PER_CLASS]:
+            files.append(Path(shutil.copy(f, data / cls / f.name)))
+    moved = set()
+    for f in random.Random(19).sample(files, round(MOVED_FRACTION * len(files))):
+        other = "dogs" if f.parent.name == "cats" else "cats"
+        dst = data / other / f.name
+        f.rename(dst)
+        moved.add(str(dst.resolve()))
+    return data, moved
+
+
+def _listing(data: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_check_data_model_names_the_moved_photos(tmp_path, capsys):
+    need_shared()
+    from retreino.cli import main
+
+    data, moved = _mislabelled_copy(tmp_path)
+    before = _listing(data)
+    out, plan = tmp_path / "out", tmp_path / "plan.csv"
+    out.mkdir()
+    main(["check-data", str(data), "--model", str(WATER_BOTTLES), "--out", str(out), "--write-fixes", str(plan)])
+    capsys.readouterr()
+
+    assert _listing(data) == before, "check-data moved or altered a user's file"
+    assert (out / "label_issues.png").stat().st_size > 0
+    with open(out / "label_issues.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    suspects = {str((data / r["path"]).resolve()) for r in rows}  # paths relative to DIR (absolute ones win in /)
+    found = suspects & moved
+    recall, precision = len(found) / len(moved), len(found) / max(len(suspects), 1)
+    print(f"moved={len(moved)} suspects={len(suspects)} found={len(found)} recall={recall:.2f} precision={precision:.2f}")
+    assert recall >= 0.8, f"found {len(found)} of {len(moved)} moved photos among {len(suspects)} suspects"
+    assert precision >= 0.6, f"only {len(found)} of {len(suspects)} suspects were moved photos"
+
+    with open(plan, newline="", encoding="utf-8") as fh:
+        moves = {str(Path(r["source"]).resolve()): r for r in csv.DictReader(fh) if r["action"] == "move"}
+    for f in found:
+        assert f in moves, f"no move row for {f}"
+        assert Path(moves[f]["destination"]).parent.name != Path(f).parent.name
