@@ -161,7 +161,7 @@ def test_monitor_val_loss_keeps_the_lowest_loss_model(tmp_path):
 
     data = cats_vs_dogs_subset(tmp_path / "data", train=20, validation=10)
     # A high learning rate makes the validation loss move a lot between epochs.
-    run = train(model=str(WATER_BOTTLES), data=str(data), epochs=3, warmup_epochs=0, learning_rate=3e-3,
+    run = train(model=str(WATER_BOTTLES), data=str(data), epochs=3, warmup_epochs=0, head_init="warmup", learning_rate=3e-3,
                 monitor="val_loss", early_stopping_patience=5, test_split=0.0, batch_size=10,
                 runs_dir=str(tmp_path / "runs"), name="loss", printer=None)
     losses = [row["val_loss"] for row in run.history]
@@ -178,7 +178,8 @@ def test_monitor_val_loss_keeps_the_lowest_loss_model(tmp_path):
     best = load_model(run.dir)
     ds = load_dataset(str(data), test_split=0.0)
     val = make_pipeline(ds.validation, image_size=best.info.input_size, preprocessing=best.info.preprocessing,
-                        batch_size=10, num_classes=2, label_mode="categorical", training=False)
+                        batch_size=10, num_classes=2, label_mode="categorical", training=False,
+                        resize_mode=best.info.resize, interpolation=best.info.interpolation)
     model = best.model
     model.compile(loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     loss = model.evaluate(val, verbose=0)[0]
