@@ -32,7 +32,7 @@ def cv_run(tmp_path_factory):
     """retreino cv, 2 folds, 1 epoch each, on a pool of 8 cats + 8 dogs (and 2 + 2 test images)."""
     data = _pool(tmp_path_factory.mktemp("data"), {"train": 5, "validation": 3, "test": 2})
     runs = tmp_path_factory.mktemp("runs")
-    args = ["cv", "--model", MODEL, "--data", str(data), "--folds", "2", "--epochs", "1", "--warmup-epochs", "0",
+    args = ["cv", "--model", MODEL, "--data", str(data), "--folds", "2", "--epochs", "1", "--warmup-epochs", "0", "--head-init", "warmup",
             "--seed", "7", "--runs-dir", str(runs), "--name", "pets"]
     code, out = _cli(*args)
     assert code == 0, out

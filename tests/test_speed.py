@@ -159,7 +159,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from retreino.config import AugmentConfig
     from retreino import load_model
     data, runs, probe = sys.argv[1:4]
-    common = dict(model=sys.argv[4], data=data, runs_dir=runs, epochs=2, warmup_epochs=0, batch_size=16, test_split=0.0,
+    common = dict(model=sys.argv[4], data=data, runs_dir=runs, epochs=2, warmup_epochs=0, head_init="warmup", batch_size=16, test_split=0.0,
                   learning_rate=1e-3, augment=AugmentConfig.off(), accelerate="off", printer=lambda *a: None)
     single = train(name="single", **common)
     mirrored = train(name="mirrored", distribute="mirrored", **common)
@@ -213,7 +213,7 @@ def test_accelerated_run_saves_the_full_model_with_its_optimizer(tmp_path):
     data = _subset(tmp_path / "data", 8, 4)
     lines = []
     run = train(model=str(WATER_BOTTLES), data=str(data), runs_dir=str(tmp_path / "runs"), name="fast", epochs=2,
-                warmup_epochs=0, batch_size=8, test_split=0.0, augment=AugmentConfig.off(), printer=lines.append)
+                warmup_epochs=0, head_init="warmup", batch_size=8, test_split=0.0, augment=AugmentConfig.off(), printer=lines.append)
     assert any(line.startswith("Speed: the 149 frozen layers in front run on ONNX Runtime") for line in lines), lines
     best = load_model(run.dir)
     assert best.model.input_shape == (None, 224, 224, 3) and best.class_names == ["cats", "dogs"]

@@ -19,7 +19,7 @@ def tracked_run(tmp_path_factory):
     data = cats_vs_dogs_subset(tmp / "data", train=8, validation=4)
     uri = tmp / "mlruns"
     rc = main(["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp / "runs"),
-               "--name", "tracked", "--epochs", "1", "--warmup-epochs", "1", "--batch-size", "8",
+               "--name", "tracked", "--epochs", "1", "--warmup-epochs", "1", "--head-init", "warmup", "--batch-size", "8",
                "--tensorboard", "--mlflow", str(uri)])
     assert rc == 0
     run_dir = tmp / "runs" / "tracked"

@@ -127,7 +127,7 @@ def test_interrupted_trial_runs_again_and_a_bad_trial_is_pruned(data, tmp_path):
 
     lines: list[str] = []
     # ThresholdPruner(lower=1.01) prunes any trial at its first report: accuracy never exceeds 1.
-    result = tune(model=MODEL, data=str(data), trials=1, epochs=2, space=space, seed=42, runs_dir=str(tmp_path),
+    result = tune(model=MODEL, data=str(data), trials=1, epochs=2, space=space, seed=42, head_init="warmup", runs_dir=str(tmp_path),
                   name="pets", pruner=optuna.pruners.ThresholdPruner(lower=1.01), printer=lines.append)
     text = "\n".join(lines)
     assert "trial 0 was interrupted; it runs again with the same values" in text

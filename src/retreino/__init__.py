@@ -17,7 +17,7 @@ and RUNS are paths: a model, a `train/ validation/ test/` image folder, one phot
 (['cats', 'dogs'], 16, 8, 8)
 >>> fig = retreino.show_images(data.train, n=8)              # a grid of labelled thumbnails
 
-Fine-tune the last layers (a new 2-class head is warmed up first), then read the learning curves:
+Fine-tune the last layers (a new 2-class head starts as a linear probe on the frozen features), then read the learning curves:
 
 >>> run = retreino.train(model=MODEL, data=DATA, epochs=1, warmup_epochs=1, runs_dir=RUNS, name="cats")
 ... # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
@@ -25,7 +25,7 @@ Data: ... 2 classes: cats, dogs
 ...
 Next: retreino evaluate --run ...cats
 >>> [row["phase"] for row in run.history]
-['warmup', 'finetune']
+['linear-probe', 'finetune']
 >>> best = run.best_model                                      # the checkpoint with the best val_accuracy
 >>> best.class_names
 ['cats', 'dogs']

@@ -338,7 +338,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     (8, ['cats', 'dogs'])
     >>> r = evaluate(RUN / "fine_tuned_model.keras", DATA / "test", out=RUNS / "eval")
     >>> sorted(p.name for p in (RUNS / "eval").glob("*.png"))
-    ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png']
+    ['confusion_matrix.png', 'misclassified.png', 'predictions_scatter.png', 'reliability.png']
     """
     from .inference import open_predictor
     from .prediction import iter_decoded_batches
