@@ -1,8 +1,6 @@
 """Calibration and the unknown answer: numbers first, then the same decisions through every runtime and serve."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -39,35 +37,14 @@ def test_detectors_accept_the_chosen_share_and_reject_far_points():
 
 
 @pytest.fixture(scope="session")
-def unknown_run(retrained_run, tmp_path_factory):
-    """retrained_run with a temperature and a kNN detector fitted on 40 train / 20 validation photos, exported."""
-    from retreino import load_model, save_model
+def unknown_run(unknown_model):
+    """conftest's `unknown_model` with its onnx and tflite exports (which carry the features output)."""
+    from retreino import load_model
     from retreino.export import export_models
-    from retreino.inference import Predictor
 
-    run = tmp_path_factory.mktemp("unknown_run")
-    shutil.copy(retrained_run / "fine_tuned_model.keras", run / "fine_tuned_model.keras")
-    loaded = load_model(run / "fine_tuned_model.keras")
-    pred = Predictor(loaded, runtime="keras")
-
-    def outputs(paths):
-        from retreino.preprocessing import scale_pixels_np
-
-        x = scale_pixels_np(np.stack([pred.load_pixels(p) for p in paths]), loaded.info.preprocessing)
-        return ood.split_outputs(np.asarray(ood.with_features(loaded.model)(x)), 2)
-
-    train = real_images("train", "cats", 20) + real_images("train", "dogs", 20)
-    val = real_images("validation", "cats", 10) + real_images("validation", "dogs", 10)
-    _, train_f = outputs(train)
-    val_p, val_f = outputs(val)
-    det = ood.fit_detector(train_f, np.repeat([0, 1], 20), val_f, 2, method="knn", accept=0.95, k=3)
-    det.save(run)
-    loaded.info.temperature = fit_temperature(val_p, np.repeat([0, 1], 10))
-    loaded.info.unknown = det.metadata()
-    save_model(loaded, run / "fine_tuned_model.keras")
-    loaded = load_model(run / "fine_tuned_model.keras")
-    export_models(loaded, ["onnx", "tflite"], images=real_images("test", "cats", 10), measure=False)
-    return run
+    export_models(load_model(unknown_model / "fine_tuned_model.keras"), ["onnx", "tflite"],
+                  images=real_images("test", "cats", 10), measure=False)
+    return unknown_model
 
 
 def _images():
