@@ -248,7 +248,8 @@ def ood_line(ood: dict) -> str:
     row = ood["methods"][ood["method"]]
     kept = "n/a" if row["accuracy_kept"] is None else f"{row['accuracy_kept']:.1%}"
     line = (f"unknown ({ood['method']})  AUROC {row['auroc']:.4f}   {row['ood_rejected']:.1%} of {ood['n_ood']} "
-            f"other images rejected   {row['in_rejected']:.1%} of these rejected, accuracy on the rest {kept}")
+            f"other images rejected   {row['in_rejected']:.1%} of the evaluated images rejected, "
+            f"accuracy on the rest {kept}")
     msp = ood["methods"].get("msp (baseline)")
     if msp:
         line += f"   (max-probability baseline: AUROC {msp['auroc']:.4f}, {msp['ood_rejected']:.1%} rejected)"
