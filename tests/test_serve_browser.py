@@ -30,20 +30,27 @@ def server(serve_server):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one running instance per thread)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pg = browser.new_page(viewport={"width": 1200, "height": 900})
-            pg.set_default_timeout(60_000)
-            pg.requested = []
-            pg.on("request", lambda req: pg.requested.append(req.url))
-            pg.goto(server.url + "/")
-            yield pg
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1200, "height": 900})
+    pg.set_default_timeout(60_000)
+    pg.requested = []
+    pg.on("request", lambda req: pg.requested.append(req.url))
+    pg.goto(server.url + "/")
+    yield pg
+    pg.close()
 
 
 def test_page_shows_the_model(page):
@@ -107,19 +114,13 @@ def unknown_server(unknown_model):
 
 
 @pytest.fixture(scope="module")
-def unknown_page(unknown_server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            pg = browser.new_page(viewport={"width": 1200, "height": 900})
-            pg.set_default_timeout(60_000)
-            pg.goto(unknown_server.url + "/")
-            pg.wait_for_selector("#model-classes li")
-            yield pg
-        finally:
-            browser.close()
+def unknown_page(browser, unknown_server):
+    pg = browser.new_page(viewport={"width": 1200, "height": 900})
+    pg.set_default_timeout(60_000)
+    pg.goto(unknown_server.url + "/")
+    pg.wait_for_selector("#model-classes li")
+    yield pg
+    pg.close()
 
 
 def test_a_flower_shown_to_a_cats_dogs_model_is_plainly_unknown(unknown_page, unknown_server, tmp_path):
