@@ -195,8 +195,10 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     """Temperature + unknown detector for a finished run, stored with its best model.
 
     Reads the best model back, computes probabilities and pooled features of the training split
-    (file order, no augmentation) and the validation split, fits T on validation, fits the
-    detectors, writes `unknown.npz` and re-saves the model files with the new metadata.
+    (file order, no augmentation) and the validation split, fits T (on the probe's out-of-fold
+    train + validation probabilities when the probe is the best model, else on validation; kept
+    only when it lowers held-out ECE: calibration.py), fits the detectors, writes `unknown.npz` and
+    `calibration.json` and re-saves the model files with the new metadata.
     """
     from . import runs
     from .calibration import expected_calibration_error, fit_temperature_checked, probe_out_of_fold
