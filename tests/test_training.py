@@ -103,7 +103,9 @@ def test_training_run_learns_and_writes_every_file(trained_run):
     cal = json.loads((d / "calibration.json").read_text())
     assert cal["temperature"] == pytest.approx(best.info.temperature)
     if run.best_epoch == 1:
-        assert cal["fit"]["source"] == "out-of-fold train+validation" and cal["fit"]["n"] == 300
+        counts = record["data"]["counts"]
+        assert cal["fit"]["source"] == "out-of-fold train+validation"
+        assert cal["fit"]["n"] == sum(counts["train"].values()) + sum(counts["validation"].values())  # 180 + 100
     assert cal["temperature"] == (cal["fit"]["fitted"] if cal["fit"]["kept"] else 1.0)
 
 
