@@ -133,7 +133,7 @@ class TuneResult:
 
     def __repr__(self) -> str:
         best = f"{_score_text(self.monitor, self.best['score'])} (trial {self.best['trial']})" if self.best else "-"
-        return f"<TuneResult {str(self.dir)!r} trials={len(self.leaderboard)} best {self.monitor}={best}>"
+        return f"<TuneResult {str(self.dir)!r} trials={len(self.leaderboard)} best={best}>"
 
 
 def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSpace | None = None,
