@@ -366,7 +366,7 @@ def train_args(project: Project, data: dict, settings: StudioSettings) -> tuple[
     if len(classes) < 2:
         raise ProjectError("training needs at least two classes with images", 409, "too_few_classes")
     fields = {"epochs": ("--epochs", int), "learning_rate": ("--lr", float), "unfreeze": ("--unfreeze", int),
-              "batch_size": ("--batch-size", int)}
+              "batch_size": ("--batch-size", int), "patience": ("--patience", int)}
     values = {}
     for key, (flag, typ) in fields.items():
         if data.get(key) in (None, ""):
