@@ -215,10 +215,11 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
             wait_for(lambda: count_of(page, cls) == 8, 60, f"8 {cls} uploaded")
         page.wait_for_selector("#grid .cell img")
         page.click("#cam-start")
-        page.wait_for_function("document.querySelector('#cam-video').readyState >= 2")
+        wait_for(lambda: page.evaluate("document.querySelector('#cam-video').readyState >= 2"), 30, "the camera")
         page.hover("#cam-hold")
         page.mouse.down()
-        page.wait_for_function("parseInt(document.querySelector('#cam-count').textContent) >= 3")
+        wait_for(lambda: page.evaluate("parseInt(document.querySelector('#cam-count').textContent) >= 3"), 30, "3 frames",
+                 every=0.05)
         page.mouse.up()
         frames = wait_for(lambda: count_of(page, "dogs") - 8 if count_of(page, "dogs") > 8 else 0, 30, "camera frames saved")
         webcam = sorted((project / "dogs").glob("webcam-*.jpg"))
@@ -283,7 +284,7 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
         assert card.get_attribute("data-class") == expected["class"] and expected["class"] in ("cats", "dogs", "unknown")
         assert card.locator(".bar").count() == 2
         page.click("#try-cam")  # a webcam frame goes the same way
-        page.wait_for_function("document.querySelectorAll('.try-card').length >= 2")
+        wait_for(lambda: page.locator(".try-card").count() >= 2, 60, "the webcam frame's answer")
         shot(page, "try")
 
         # 5. export TFLite and download it: the file loads in the LiteRT interpreter and classifies
@@ -309,8 +310,10 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
         assert list(inp["shape"][1:]) == [224, 224, 3]
         interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
         interpreter.invoke()
-        probs = interpreter.get_tensor(out["index"])
-        assert probs.shape == (1, 2) and float(probs.sum()) == pytest.approx(1.0, abs=1e-3)
+        row = interpreter.get_tensor(out["index"])
+        # [2 probabilities | pooled features] when the run has an unknown detector (see retreino.ood)
+        assert row.shape[0] == 1 and row.shape[1] >= 2
+        assert float(row[0, :2].sum()) == pytest.approx(1.0, abs=1e-3)
 
         foreign = [u for u in page.requested if not u.startswith((studio.url, "blob:", "data:"))]
         assert not foreign, foreign

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -403,8 +404,13 @@ def _snapshot(project: Project, runner: JobRunner) -> dict:
             run = describe_run(RunDir(project.runs_dir / job.run), running=job.running)
         except RetreinoError:  # a file caught mid-replace on a platform without atomic rename: next tick
             run = None
-    log = job.log_tail(4096).splitlines()[-12:] if job is not None else []
+    log = _without_warnings(job.log_tail(8192).splitlines())[-12:] if job is not None else []
     return {"job": job.to_dict() if job else None, "run": run, "log": log}
+
+
+def _without_warnings(lines: list[str]) -> list[str]:
+    """The job's own lines: Python warnings (a path, "SomethingWarning: ...", then "  warnings.warn(") are noise on the page."""
+    return [ln for ln in lines if not re.search(r"\w+Warning: |^\s+warnings\.warn\(|^\s*warnings\.warn\(msg\)", ln)]
 
 
 def _evaluation(project: Project, run: RunDir) -> dict:

@@ -10,7 +10,7 @@ const el = (tag, attrs = {}, ...children) => {
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else node.setAttribute(k, v);
+    else node.setAttribute(k, v); // never "style": the page's CSP refuses style attributes
   }
   for (const c of children) node.append(c);
   return node;
@@ -523,8 +523,9 @@ async function tryFiles(files) {
       el("div", { class: "label", text: p.error ? p.detail : p.class }),
       el("div", { class: "meta", text: p.error ? "" : `${(p.confidence * 100).toFixed(1)}%${p.unknown ? ` (would say ${p.would_say})` : ""}` }));
     for (const [c, v] of Object.entries(p.probabilities || {})) {
-      card.append(el("div", { class: "bar" }, el("span", { text: c }),
-        el("span", { class: "track" }, el("span", { class: "fill", style: `width:${(v * 100).toFixed(1)}%` })),
+      const fill = el("span", { class: "fill" });
+      fill.style.width = `${(v * 100).toFixed(1)}%`; // a style property, not a style attribute: the CSP allows only the first
+      card.append(el("div", { class: "bar" }, el("span", { text: c }), el("span", { class: "track" }, fill),
         el("span", { text: `${(v * 100).toFixed(1)}%` })));
     }
     box.prepend(card);
@@ -570,7 +571,7 @@ async function loadExports() {
     el("strong", { text: x.format }), " ",
     el("span", { class: "meta", text: `${(x.bytes / 1e6).toFixed(1)} MB · ${x.files.join(", ")} · parity ${x.passed === true ? "ok" : x.passed === false ? "FAILED" : "–"}` }), " ",
     el("a", { class: "download button", href: `/api/runs/${enc(state.run)}/exports/${enc(x.format)}.zip`, download: `${state.run}-${x.format}.zip`, text: "Download .zip" }),
-    el("pre", { text: (SAMPLES[x.format] || (() => ""))(`${state.run}-${x.format}/${x.format}`) }))));
+    el("pre", { text: (SAMPLES[x.format] || (() => ""))(x.format) }))));
   if (!r.exports.length) list.append(el("li", { class: "meta", text: "No export yet: pick a format and press Export." }));
 }
 
