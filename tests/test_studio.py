@@ -167,6 +167,11 @@ def test_project_api_keeps_an_ordinary_data_folder(tmp_path):
         (project / "birds" / "broken.jpg").write_bytes(cat.read_bytes()[:300])
         r = studio.api("GET", "/api/classes/birds/images/broken.jpg/thumb")
         assert r.status_code == 422 and r.json()["error"] == "corrupt_image", r.text
+        # check-data's problems come back tied to the images they concern (the grid marks those cells)
+        report = studio.api("POST", "/api/check").json()
+        flagged = {img: p["kind"] for p in report["problems"] for img in p["images"]}
+        assert flagged.get("birds/broken.jpg") == "corrupt", report
+        assert studio.api("GET", "/api/check").json()["problems"] == report["problems"]
 
         # pages of names for the grid
         page = studio.api("GET", "/api/classes/cats/images?offset=1&limit=1").json()
@@ -228,6 +233,8 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
 
         assert Image.open(webcam[0]).size == (256, 256)
         wait_for(lambda: page.locator("#grid .cell img").count() >= 8 + frames, 30, "the grid shows every image")
+        page.click("#check-btn")
+        page.wait_for_selector("#check-verdict:has-text('READY')")
         shot(page, "data")
         page.click("#cam-stop")
 

@@ -38,6 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..atomic import read_json, write_json
 from ..errors import DataError, RetreinoError
 from ..runs import RunDir, folder_name, read_csv_rows
 from ..serve.app import decode_error
@@ -228,6 +229,15 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
         project.delete_image(cls, name)
         return {"deleted": name, "count": len(project.image_names(cls))}
 
+    @app.post("/api/check")
+    async def check_data():
+        """`retreino check-data PROJECT` (the same function), with each problem tied to the images it concerns."""
+        return await in_pool(_check_data, project)
+
+    @app.get("/api/check")
+    async def last_check():
+        return read_json(project.hidden / "check.json", default={"problems": [], "verdict": None})
+
     # ---- runs and jobs ---------------------------------------------------------------------------
     @app.get("/api/runs")
     async def get_runs():
@@ -345,6 +355,26 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
 # ---- helpers (plain functions: the endpoints above stay a table of what the API does) -----------
 
 
+def _check_data(project: Project) -> dict:
+    """check-data's report, each problem with the `class/name` keys of the images it concerns (for the grid)."""
+    from ..data.check import check_dataset
+
+    if len([c for c in project.classes() if c["count"]]) < 1:
+        raise ProjectError("no images to check yet", 409, "empty")
+    report = check_dataset(str(project.root)).to_dict()
+    problems = []
+    for p in report["problems"]:
+        images = []
+        for rel in [p.get("path")] + list(p.get("others") or []):
+            parts = Path(rel).parts if rel else ()
+            if len(parts) == 2:  # <class>/<file>
+                images.append("/".join(parts))
+        problems.append({"kind": p["kind"], "message": p["message"], "fatal": p.get("fatal", False), "images": images})
+    out = {"verdict": report["verdict"], "ok": report["ok"], "problems": problems, "checked": time.time()}
+    write_json(project.hidden / "check.json", out)
+    return out
+
+
 def _check_image(data: bytes) -> None:
     """Decode the whole image once, as training will (DataError if it cannot be: corrupt, bomb, not an image)."""
     from ..data.images import open_image
@@ -376,7 +406,9 @@ def train_args(project: Project, data: dict, settings: StudioSettings) -> tuple[
             values[key] = typ(data[key])
         except (TypeError, ValueError):
             raise ProjectError(f"{key} must be a number, got {data[key]!r}") from None
-    TrainConfig(model=model, data=str(project.root), **values)  # raises SettingError (a RetreinoError) for a bad value
+    fieldnames = {"patience": "early_stopping_patience"}  # the form's name -> TrainConfig's
+    # TrainConfig checks every value (a SettingError, a RetreinoError, for a bad one) before a job starts.
+    TrainConfig(model=model, data=str(project.root), **{fieldnames.get(k, k): v for k, v in values.items()})
     name = folder_name(str(data.get("name") or time.strftime("run-%Y%m%d-%H%M%S")))
     base, n = name, 1
     while (project.runs_dir / name).exists():

@@ -25,6 +25,7 @@ const state = {
   runs: [],
   job: null,
   lastJobKey: "",
+  problems: new Map(), // "class/name" -> what check-data says about that image
 };
 
 // ---- API ------------------------------------------------------------------------------------
@@ -171,7 +172,9 @@ const grid = {
     const cls = this.cls;
     const img = el("img", { alt: name, loading: "lazy", decoding: "async", draggable: "false",
       src: `/api/classes/${enc(cls)}/images/${enc(name)}/thumb` });
-    const cell = el("div", { class: "cell", title: name, "data-name": name }, img,
+    const problem = state.problems.get(`${cls}/${name}`);
+    const cell = el("div", { class: problem ? "cell flagged" : "cell", title: problem ? `${name}: ${problem}` : name,
+      "data-name": name, "data-problem": problem || "" }, img,
       el("button", { class: "del", type: "button", title: "delete this image", text: "×",
         onclick: guard(async (e) => {
           e.stopPropagation();
@@ -190,6 +193,20 @@ const grid = {
     return cell;
   },
 };
+
+// ---- check-data: problems shown on the images they concern -----------------------------------------
+function showCheck(report) {
+  state.problems = new Map();
+  for (const p of report.problems || []) for (const key of p.images) if (!state.problems.has(key)) state.problems.set(key, p.kind);
+  $("#check-verdict").textContent = report.verdict || "";
+  $("#problems").replaceChildren(...(report.problems || []).slice(0, 50).map((p) => el("li", { "data-kind": p.kind, text: `${p.kind}: ${p.message}` })));
+}
+
+async function checkData() {
+  $("#check-verdict").textContent = "checking every image…";
+  showCheck(await api("/api/check", { method: "POST" }));
+  await grid.reload();
+}
 
 // ---- adding images: picker, drop, paste, webcam --------------------------------------------------
 async function upload(cls, files) {
@@ -326,6 +343,7 @@ function wireClassForms() {
     await loadClasses();
     await grid.open(state.current);
   }));
+  $("#check-btn").addEventListener("click", guard(checkData));
   $("#merge").addEventListener("submit", guard(async (e) => {
     e.preventDefault();
     const from = $("#merge-from").value;
@@ -459,6 +477,7 @@ function listen() {
     const snap = JSON.parse(e.data);
     onJob(snap.job);
     $("#log").textContent = (snap.log || []).join("\n");
+    $("#log").hidden = !(snap.log || []).length;
     if (snap.run) {
       const i = state.runs.findIndex((r) => r.name === snap.run.name);
       if (i >= 0) state.runs[i] = snap.run; else state.runs.unshift(snap.run);
@@ -597,6 +616,7 @@ async function main() {
   $("#models").replaceChildren(...[d.model, ...p.backbones].filter(Boolean).map((m) => el("option", { value: m })));
   $("#export-format").replaceChildren(...p.formats.map((f) => el("option", { value: f, text: f })));
   $("#export-format").value = "tflite";
+  showCheck(await api("/api/check"));
   await loadClasses();
   await grid.open(state.current);
   await loadRuns();
