@@ -333,7 +333,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
         out = []
         for u in uploads:
             out.append(await in_pool(_predict_one, predictor, u.filename, u.data, pool=model_pool))
-        return {"run": run.path.name, "predictions": out}
+        return {"run": run.path.name, "runtime": str(getattr(predictor, "runtime", "keras")), "predictions": out}
 
     @app.get("/api/runs/{name}/exports")
     async def exports(name: str):

@@ -535,6 +535,7 @@ async function tryFiles(files) {
   const form = new FormData();
   for (const f of files.slice(0, 16)) form.append("files", f, f.name || "image.jpg");
   const r = await api(`/api/runs/${enc(state.run)}/try`, { method: "POST", body: form });
+  $("#try-runtime").textContent = `model of ${r.run}, runtime ${r.runtime}`;
   const box = $("#try-results");
   r.predictions.forEach((p, i) => {
     const card = el("div", { class: `try-card${p.unknown ? " unknown" : ""}`, "data-class": p.class || "", "data-file": p.filename },
