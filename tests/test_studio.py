@@ -128,6 +128,28 @@ def count_of(page, cls: str) -> int:
     return int(page.inner_text(f"#class-list li[data-class='{cls}'] .count"))
 
 
+# ---- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "retreino studio: error: --port must be an int, in [0, 65535], got 70000"),
+    (["--max-file-mb", "0"], "retreino studio: error: --max-file-mb must be above 0, got 0.0"),
+])
+def test_bad_arguments_are_one_line_before_anything_heavy_loads(tmp_path, args, message):
+    code = ("import sys; from retreino.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in ('tensorflow', 'keras', 'fastapi', 'uvicorn') if m in sys.modules]; "
+            "assert not heavy, heavy; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "studio", str(tmp_path), *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == message
+
+
+def test_a_file_is_not_a_project(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "retreino", "studio", str(tmp_path / "notes.txt")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().endswith("not a folder (PROJECT_DIR is a folder of <class>/ sub-folders)")
+
+
 # ---- the project API on a real server ---------------------------------------------------------------
 
 
@@ -196,6 +218,9 @@ def test_project_api_keeps_an_ordinary_data_folder(tmp_path):
         r = studio.api("POST", "/api/train", json={"model": str(tmp_path / "missing.h5")})
         assert r.status_code == 400 and "no such file" in r.json()["detail"]
         assert studio.api("GET", "/api/runs").json() == {"runs": [], "job": None}
+        # none of this loaded TensorFlow into the studio: its work is for the jobs' own processes
+        maps = Path(f"/proc/{studio.proc.pid}/maps").read_text()
+        assert "tensorflow" not in maps and "onnxruntime" not in maps
     finally:
         studio.stop()
 
