@@ -78,7 +78,11 @@ def main() -> int:
             t = time.perf_counter()
             job = c.post("/api/train", json={"epochs": args.epochs, "name": "bench"}).json()["job"]
             while True:
-                snap = c.get("/api/runs").json()
+                try:
+                    snap = c.get("/api/runs").json()
+                except httpx.TransportError:  # an idle keep-alive connection closed by the server as we sent: ask again
+                    time.sleep(1)
+                    continue
                 if snap["job"]["status"] != "running":
                     break
                 time.sleep(2)
