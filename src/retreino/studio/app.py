@@ -273,7 +273,8 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             raise ProjectError(f"unknown export format {fmt!r}: use {' | '.join(FORMATS)}")
         if not run.best_keras.is_file():
             raise ProjectError(f"run {name} has no model yet: train it first", 409, "no_model")
-        args = ["export", str(run.path), "--format", fmt, "--parity-images", "20", "--no-timing"]
+        # With its batch-1 timing: runtime "auto" (Try, serve, predict) picks only an export measured faster than Keras.
+        args = ["export", str(run.path), "--format", fmt, "--parity-images", "20"]
         return {"job": runner.start("export", run.path.name, args, format=fmt).to_dict()}
 
     @app.post("/api/jobs/stop")
@@ -506,7 +507,9 @@ def _exports(run: RunDir) -> list[dict]:
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
         size = sum((folder / f).stat().st_size for f in files)
         parity = (record.get("export") or {}).get("parity") or {}
-        out.append({"format": folder.name, "files": files, "bytes": size, "parity": parity, "passed": parity.get("passed")})
+        out.append({"format": folder.name, "files": files, "bytes": size, "parity": parity, "passed": parity.get("passed"),
+                    "latency_ms": (record.get("export") or {}).get("latency_ms"),
+                    "keras_latency_ms": (record.get("export") or {}).get("keras_latency_ms")})
     return out
 
 

@@ -589,7 +589,7 @@ async function loadExports() {
   const r = await api(`/api/runs/${enc(state.run)}/exports`);
   list.replaceChildren(...r.exports.map((x) => el("li", { "data-format": x.format },
     el("strong", { text: x.format }), " ",
-    el("span", { class: "meta", text: `${(x.bytes / 1e6).toFixed(1)} MB · ${x.files.join(", ")} · parity ${x.passed === true ? "ok" : x.passed === false ? "FAILED" : "–"}` }), " ",
+    el("span", { class: "meta", text: `${(x.bytes / 1e6).toFixed(1)} MB · ${x.files.join(", ")} · parity ${x.passed === true ? "ok" : x.passed === false ? "FAILED" : "–"}${x.latency_ms ? ` · ${x.latency_ms.toFixed(1)} ms per image (Keras ${(x.keras_latency_ms || 0).toFixed(1)})` : ""}` }), " ",
     el("a", { class: "download button", href: `/api/runs/${enc(state.run)}/exports/${enc(x.format)}.zip`, download: `${state.run}-${x.format}.zip`, text: "Download .zip" }),
     el("pre", { text: (SAMPLES[x.format] || (() => ""))(x.format) }))));
   if (!r.exports.length) list.append(el("li", { class: "meta", text: "No export yet: pick a format and press Export." }));
