@@ -359,7 +359,8 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
 
 LONG_TASKS = """
 window.__longtasks = [];
-new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longtasks.push(e.duration); })
+window.__longtaskStarts = [];
+new PerformanceObserver((list) => { for (const e of list.getEntries()) { window.__longtasks.push(e.duration); window.__longtaskStarts.push([Math.round(e.startTime), Math.round(e.duration)]); } })
   .observe({ type: "longtask", buffered: true });
 """
 
@@ -377,15 +378,18 @@ def test_a_10000_image_project_opens_and_scrolls_without_blocking_the_page(tmp_p
     studio = Studio(project)
     try:
         page = open_page(browser, studio.url, init_script=LONG_TASKS)
+        phases = {"ready": page.evaluate("Math.round(performance.now())")}  # when each step began, to place a long task
         assert count_of(page, "cats") == 5_000 and count_of(page, "dogs") == 5_000
         page.wait_for_selector("#grid .cell img")
         page.hover("#grid")
+        phases["wheel"] = page.evaluate("Math.round(performance.now())")
         for _ in range(40):  # a person scrolling with the wheel, fast
             page.mouse.wheel(0, 1200)
             page.wait_for_timeout(50)
         page.evaluate("document.querySelector('#grid').scrollTop = 1e9")  # then straight to the end
         last = max(p.name for p in (project / "cats").iterdir())
         page.wait_for_selector(f"#grid .cell[data-name='{last}'] img")
+        phases["dogs"] = page.evaluate("Math.round(performance.now())")
         page.click("#class-list li[data-class='dogs']")
         page.wait_for_selector("#grid .cell[data-name^='00020-']")
         for _ in range(20):
@@ -395,7 +399,7 @@ def test_a_10000_image_project_opens_and_scrolls_without_blocking_the_page(tmp_p
         cells = page.locator("#grid .cell").count()
         assert 0 < cells < 400, cells  # only the rows in view (and two either side) exist
         tasks = page.evaluate("window.__longtasks")
-        assert max(tasks, default=0) < 200, sorted(tasks)[-5:]
+        assert max(tasks, default=0) < 200, (page.evaluate("window.__longtaskStarts"), phases)
         # The measure can see a block: a 120 ms busy task in the page is reported.
         page.evaluate("setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0)")
         wait_for(lambda: len(page.evaluate("window.__longtasks")) > len(tasks), 10, "the control long task")
