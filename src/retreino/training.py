@@ -298,7 +298,7 @@ class _Trainer:
                 self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                              f" ({trainable:,} trainable parameters), learning rate {lr:g}")
                 callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
-                if cfg.distribute == "multiworker":
+                if cfg.distribute not in (None, "", "none"):
                     from .speed.devices import patch_symbolic_build
                     patch_symbolic_build(fit_model)
                 fit_model.fit(
