@@ -7,6 +7,7 @@ N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import sys
@@ -104,8 +105,39 @@ def train(
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
     from .speed.devices import run_context
 
-    with run_context(cfg, printer=printer):
+    with run_context(cfg, printer=printer) as strategy:
+        if strategy is not None and not _is_chief(strategy):
+            with _worker_runs_dir(cfg, strategy, printer) as tmp:
+                return _Trainer(dataclasses.replace(cfg, runs_dir=str(tmp)), printer=printer,
+                                callbacks=callbacks).run(dry_run=dry_run)
         return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
+
+
+def _is_chief(strategy) -> bool:
+    from .speed.devices import is_chief
+
+    return is_chief(strategy)
+
+
+@contextlib.contextmanager
+def _worker_runs_dir(cfg, strategy, printer):
+    """A non-chief worker of a multi-worker cluster trains in a temporary folder, deleted at the end.
+
+    Every worker must run the same steps (the collectives need them all, checkpoint saves
+    included), so a worker does everything the chief does, but in its own throwaway folder: the
+    chief alone writes the run directory, as TensorFlow advises for multi-worker checkpoints.
+    """
+    import shutil
+    import tempfile
+
+    from .speed.devices import worker_name
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"retreino-{worker_name(strategy)}-"))
+    printer(f"Worker {worker_name(strategy)}: not the chief, so nothing is kept (scratch folder {tmp})")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Trainer:
@@ -259,7 +291,7 @@ class _Trainer:
         cfg = self.cfg
         train_ds, val_ds, acc = self.accelerated_data()
         self.accelerator = acc
-        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+        if (cfg.tensorboard or cfg.mlflow) and _is_chief(None):  # tracking: the chief only, after retreino's own
             from .tracking import callbacks_for
             self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         total = sum(n for _, n, _ in self.phases())
@@ -317,6 +349,16 @@ class _Trainer:
                 offset = end
             state.finished = True
             RunDir(self.run_dir).write_state(state)
+        except _lost_peer_errors() as exc:
+            if cfg.distribute != "multiworker":
+                raise
+            # A worker died (killed, preempted): the survivors' collectives abort. The run directory
+            # holds the last finished epoch; the same --resume on every worker carries on from it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "unhealthy" in line or "aborted" in line.lower()),
+                          lines[0] if lines else "")[:200]
+            raise TrainingError(f"a worker of the cluster stopped ({type(exc).__name__}: {reason}); restart every "
+                                f"worker with: retreino train --resume {self.run_dir}") from None
         except KeyboardInterrupt:
             interrupted = True
             self.printer(f"\nInterrupted after epoch {state.epoch}. Continue with: retreino train --resume {self.run_dir}")
@@ -449,12 +491,21 @@ class _Trainer:
 
 
 def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
-    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    # One process per run directory; a multi-worker cluster's other workers only read it.
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() and not _resumes_as_worker(run_dir) else None
     try:
         return _resume_locked(run_dir, printer, callbacks)
     finally:
         if lock is not None:
             lock.close()
+
+
+def _resumes_as_worker(run_dir: Path) -> bool:
+    """A multi-worker run resumed by a task TF_CONFIG names as not the chief (before TF starts)."""
+    from .speed.devices import tf_config_is_chief
+
+    record = RunDir(run_dir).read_config() or {}
+    return record.get("config", {}).get("distribute") == "multiworker" and not tf_config_is_chief()
 
 
 def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
@@ -470,7 +521,19 @@ def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) 
         return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
     from .speed.devices import run_context
 
-    with run_context(cfg, printer=printer):
+    with run_context(cfg, printer=printer) as strategy:
+        if strategy is not None and not _is_chief(strategy):
+            # A worker resumes from the chief's run directory (it must see the same path) as it is
+            # now, in a copy of its own: the chief alone writes the run directory.
+            import shutil
+
+            with _worker_runs_dir(cfg, strategy, printer) as tmp:
+                copy = tmp / run_dir.name
+                copy.mkdir()
+                for name in (runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS):
+                    if (run_dir / name).exists():
+                        shutil.copy2(run_dir / name, copy / name)
+                return _resume_run(copy, cfg, record, state, history, printer, callbacks)
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
 
 
@@ -496,6 +559,12 @@ def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, 
     printer(f"Resuming {run_dir} after epoch {state.epoch}")
     set_resume_command(f"retreino train --resume {run_dir}")
     return trainer.fit(state, history, resume_model)
+
+
+def _lost_peer_errors() -> tuple:
+    """What TensorFlow raises on the surviving workers when a peer of a collective is gone."""
+    tf = _env.import_tensorflow()
+    return (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
 
 
 def check_trainable(ds, data) -> None:

@@ -100,6 +100,21 @@ def is_chief(strategy=None) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
+def tf_config_is_chief() -> bool:
+    """`is_chief` read from the TF_CONFIG variable alone (before any strategy exists)."""
+    import json
+    import os
+
+    try:
+        spec = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    except ValueError:
+        return True
+    task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
+    if task.get("type") == "chief" or not task:
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
+
+
 def worker_name(strategy=None) -> str:
     strategy = strategy or tf.distribute.get_strategy()
     resolver = strategy.cluster_resolver
