@@ -44,7 +44,9 @@ def _args(data, *extra) -> list[str]:
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src"), **extra}
+    # A 60 s heartbeat timeout: on 2 crowded cores a live worker missed TF's default 10 s.
+    return {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src"),
+            "RETREINO_HEARTBEAT_TIMEOUT_S": "60", **extra}
 
 
 def _cluster(tmp_path, commands: list[list[str]], tag: str) -> list[tuple[int, str]]:
@@ -66,6 +68,11 @@ def _cluster(tmp_path, commands: list[list[str]], tag: str) -> list[tuple[int, s
             if p.poll() is None:
                 p.kill()
     return [(code, log.read_text()) for code, log in zip(codes, logs)]
+
+
+def _scratch_runs(tmpdir) -> list:
+    """What retreino left in a worker's TMPDIR (TensorFlow's autograph writes its own files there too)."""
+    return [p for p in tmpdir.iterdir() if p.name.startswith("retreino-")]
 
 
 def _weights(path):
@@ -100,7 +107,7 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path):
     assert "over 2 replica(s)" in results[0][1]  # TF names it CollectiveAllReduceStrategy
     assert "not the chief" in results[1][1]
     assert [p.name for p in runs.iterdir()] == ["mw"]  # the chief's run only
-    assert list((tmp_path / "tmp1").iterdir()) == []  # worker 1's scratch run: deleted
+    assert _scratch_runs(tmp_path / "tmp1") == []  # worker 1's scratch run: deleted
 
     single = subprocess.run([sys.executable, "-m", "retreino", "train", *_args(data, "--runs-dir", str(tmp_path / "one"))],
                             env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
@@ -154,7 +161,7 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finishes(tmp_path):
     assert "a worker of the cluster stopped" in chief_log and f"retreino train --resume {runs / 'mw'}" in chief_log
     assert [int(r["epoch"]) for r in _history(runs / "mw")] == [1]
     epoch1 = _history(runs / "mw")[0]
-    for left in (tmp_path / "tmp1").iterdir():  # a SIGKILLed process cleans nothing up: its scratch run stays
+    for left in _scratch_runs(tmp_path / "tmp1"):  # a SIGKILLed process cleans nothing up: its scratch run stays
         assert left.name.startswith("retreino-worker1-")
         shutil.rmtree(left)
 
@@ -169,4 +176,4 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finishes(tmp_path):
     assert state["finished"] and state["epoch"] == 2
     assert (runs / "mw" / "fine_tuned_model.keras").is_file()
     assert [p.name for p in runs.iterdir()] == ["mw"]
-    assert list((tmp_path / "tmp1").iterdir()) == []
+    assert _scratch_runs(tmp_path / "tmp1") == []

@@ -37,8 +37,43 @@ def strategy_for(name: str | None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
+        _configure_coordination()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise RetreinoError(f"unknown --distribute {name!r}: use {' or '.join(DISTRIBUTE)}")
+
+
+def _configure_coordination() -> None:
+    """TensorFlow's coordination service as MultiWorkerMirroredStrategy would set it up, but with
+    the heartbeat timeout from $RETREINO_HEARTBEAT_TIMEOUT_S when that is set.
+
+    A worker that sends no heartbeat within the timeout (TF's default: 10 s) is declared dead and
+    every collective aborts. On a crowded machine a live worker can miss that (measured: two
+    workers on 2 cores under a load of 30 failed with "Deadline Exceeded" on the heartbeat); a
+    longer timeout trades slower detection of a really dead worker for that. The strategy skips
+    its own set-up when a service is configured, so this is the one place the value is chosen.
+    """
+    import os
+
+    seconds = os.environ.get("RETREINO_HEARTBEAT_TIMEOUT_S")
+    if not seconds:
+        return
+    try:
+        timeout_ms = int(float(seconds) * 1000)
+    except ValueError:
+        raise RetreinoError(f"RETREINO_HEARTBEAT_TIMEOUT_S must be a number of seconds, not {seconds!r}") from None
+    from tensorflow.core.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker") or context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=timeout_ms)
 
 
 @contextlib.contextmanager
