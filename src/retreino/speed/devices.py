@@ -61,7 +61,7 @@ def _configure_coordination() -> None:
         timeout_ms = int(float(seconds) * 1000)
     except ValueError:
         raise RetreinoError(f"RETREINO_HEARTBEAT_TIMEOUT_S must be a number of seconds, not {seconds!r}") from None
-    from tensorflow.core.protobuf import coordination_config_pb2
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # where TF 2.21 keeps it
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
 
