@@ -14,13 +14,14 @@ from .config import TrainConfig
 from .console import set_resume_command
 from .errors import RetreinoError
 from .runs import RunDir, RunState
-from .training import Run, _Trainer
+from .training import Run, _is_chief, _Trainer, _worker_runs_dir
 
 
 def resume(run_dir: str | Path, printer=print, callbacks: list | None = None) -> Run:
     """Continue the run in `run_dir`; a finished run is returned as it is, with a line saying so."""
     run_dir = Path(run_dir)
-    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
+    # One process per run directory; a multi-worker cluster's other workers only read it.
+    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() and not _resumes_as_worker(run_dir) else None
     try:
         return _resume_locked(run_dir, printer, callbacks)
     finally:
@@ -41,8 +42,28 @@ def _resume_locked(run_dir: Path, printer, callbacks: list | None) -> Run:
         return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
     from .speed.devices import run_context
 
-    with run_context(cfg, printer=printer):
+    with run_context(cfg, printer=printer) as strategy:
+        if strategy is not None and not _is_chief(strategy):
+            # A worker resumes from the chief's run directory (it must see the same path) as it is
+            # now, in a copy of its own: the chief alone writes the run directory.
+            import shutil
+
+            with _worker_runs_dir(cfg, strategy, printer) as tmp:
+                copy = tmp / run_dir.name
+                copy.mkdir()
+                for name in (runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS):
+                    if (run_dir / name).exists():
+                        shutil.copy2(run_dir / name, copy / name)
+                return _resume_run(copy, cfg, record, state, history, printer, callbacks)
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
+
+
+def _resumes_as_worker(run_dir: Path) -> bool:
+    """A multi-worker run resumed by a task TF_CONFIG names as not the chief (before TF starts)."""
+    from .speed.devices import tf_config_is_chief
+
+    record = RunDir(run_dir).read_config() or {}
+    return record.get("config", {}).get("distribute") == "multiworker" and not tf_config_is_chief()
 
 
 def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, history: list, printer,

@@ -13,6 +13,7 @@ directory itself (`runs.RunDir`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +104,39 @@ def train(
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
     from .speed.devices import run_context
 
-    with run_context(cfg, printer=printer):
+    with run_context(cfg, printer=printer) as strategy:
+        if strategy is not None and not _is_chief(strategy):
+            with _worker_runs_dir(cfg, strategy, printer) as tmp:
+                return _Trainer(dataclasses.replace(cfg, runs_dir=str(tmp)), printer=printer,
+                                callbacks=callbacks).run(dry_run=dry_run)
         return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
+
+
+def _is_chief(strategy) -> bool:
+    from .speed.devices import is_chief
+
+    return is_chief(strategy)
+
+
+@contextlib.contextmanager
+def _worker_runs_dir(cfg, strategy, printer):
+    """A non-chief worker of a multi-worker cluster trains in a temporary folder, deleted at the end.
+
+    Every worker must run the same steps (the collectives need them all, checkpoint saves
+    included), so a worker does everything the chief does, but in its own throwaway folder: the
+    chief alone writes the run directory, as TensorFlow advises for multi-worker checkpoints.
+    """
+    import shutil
+    import tempfile
+
+    from .speed.devices import worker_name
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"retreino-{worker_name(strategy)}-"))
+    printer(f"Worker {worker_name(strategy)}: not the chief, so nothing is kept (scratch folder {tmp})")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Trainer:
@@ -213,7 +245,7 @@ class _Trainer:
         cfg = self.cfg
         train_ds, val_ds, acc = self.data.accelerated(self.loaded.model, printer=self.printer)
         self.accelerator = acc
-        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+        if (cfg.tensorboard or cfg.mlflow) and _is_chief(None):  # tracking: the chief only, after retreino's own
             from .tracking import callbacks_for
             self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
         phases = self.phases()
@@ -238,6 +270,16 @@ class _Trainer:
                 offset = end
             state.finished = True
             RunDir(self.run_dir).write_state(state)
+        except _lost_peer_errors() as exc:
+            if cfg.distribute != "multiworker":
+                raise
+            # A worker died (killed, preempted): the survivors' collectives abort. The run directory
+            # holds the last finished epoch; the same --resume on every worker carries on from it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "unhealthy" in line or "aborted" in line.lower()),
+                          lines[0] if lines else "")[:200]
+            raise TrainingError(f"a worker of the cluster stopped ({type(exc).__name__}: {reason}); restart every "
+                                f"worker with: retreino train --resume {self.run_dir}") from None
         except KeyboardInterrupt:
             interrupted = True
             self.printer(f"\nInterrupted after epoch {state.epoch}. Continue with: retreino train --resume {self.run_dir}")
@@ -271,7 +313,7 @@ class _Trainer:
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
                                     full_model=model)
-        if cfg.distribute == "multiworker":
+        if cfg.distribute not in (None, "", "none"):
             from .speed.devices import patch_symbolic_build
             patch_symbolic_build(fit_model)
         fit_model.fit(
@@ -326,6 +368,12 @@ class _Trainer:
             + (f" (after a {self.cfg.warmup_epochs}-epoch head-only warm-up at {self.cfg.warmup_learning_rate:g})"
                if self.prepared.new_head and self.cfg.warmup_epochs > 0 else "")
         )
+
+
+def _lost_peer_errors() -> tuple:
+    """What TensorFlow raises on the surviving workers when a peer of a collective is gone."""
+    tf = _env.import_tensorflow()
+    return (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
 
 
 def check_trainable(ds, data) -> None:
