@@ -35,7 +35,7 @@ def _squares(n: int, offset: int, rng: np.random.Generator, size: tuple[int, int
 @pytest.mark.slow
 def test_explain_returns_a_heatmap_and_overlay(water_bottles, tmp_path):
     need_shared()
-    from retreino.explain import explain
+    from retreino.gradcam import explain
 
     photo = sorted((CATS_VS_DOGS / "train" / "cats").glob("*.jpg"))[0]
     e = explain(water_bottles, photo)
@@ -58,7 +58,7 @@ def test_gradcam_peak_falls_inside_the_coloured_square(water_bottles):
     need_shared()
     import keras
 
-    from retreino.explain import explain_pixels
+    from retreino.gradcam import explain_pixels
     from retreino.models.info import LoadedModel
     from retreino.models.surgery import feature_extractor
     from retreino.preprocessing import scale_pixels_np
