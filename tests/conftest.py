@@ -79,6 +79,19 @@ def water_bottles():
     return load_model(WATER_BOTTLES)
 
 
+@pytest.fixture(scope="module")
+def cats_dogs(water_bottles):
+    """The real TM model relabelled cats/dogs: its numbers are arbitrary, but real and checkable.
+
+    Module-scoped: a test module may change its `info` without reaching the next module.
+    """
+    import dataclasses
+
+    from retreino.models.info import LoadedModel
+
+    return LoadedModel(water_bottles.model, dataclasses.replace(water_bottles.info, class_names=["cats", "dogs"]))
+
+
 @pytest.fixture(scope="session")
 def cats_dogs_subset(tmp_path_factory) -> Path:
     """A small notebook-layout copy of cats_vs_dogs: train 50+50, validation 20+20, test 20+20."""

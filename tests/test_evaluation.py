@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,12 +23,6 @@ from conftest import SHINCHAN, real_images
 from retreino.cli import main
 from retreino.errors import DataError, RetreinoError
 from retreino.evaluation import EvaluationResult, compute_metrics, evaluate, map_classes
-from retreino.models.info import LoadedModel
-
-
-@pytest.fixture(scope="module")
-def cats_dogs(water_bottles):
-    return LoadedModel(water_bottles.model, dataclasses.replace(water_bottles.info, class_names=["cats", "dogs"]))
 
 
 @pytest.fixture(scope="module")

@@ -423,34 +423,24 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     raw_probs: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    bar = None
-    if progress:
-        from .console import progress as _progress
-
-        bar = _progress(total=len(images.paths), desc="evaluating", unit="img")
-    try:
-        pos = 0
-        for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
-                                                            resize_mode or predictor.resize_mode, batch_size,
-                                                            workers, interpolation=predictor.interpolation):
-            if ok:
-                full = predictor.predict_pixels_full(pixels)
-                probs.append(full["probabilities"])
-                raw_probs.append(full["raw"])
-                if full["unknown_score"] is not None:
-                    scores.append(full["unknown_score"])
-            for i, path in enumerate(chunk):
-                if errs[i] is None:
-                    kept_paths.append(str(path))
-                    kept_y.append(int(y_all[pos + i]))
-                else:
-                    errors.append((str(path), errs[i]))
-            pos += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    pos = 0
+    for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
+                                                        resize_mode or predictor.resize_mode, batch_size, workers,
+                                                        interpolation=predictor.interpolation,
+                                                        progress="evaluating" if progress else None):
+        if ok:
+            full = predictor.predict_pixels_full(pixels)
+            probs.append(full["probabilities"])
+            raw_probs.append(full["raw"])
+            if full["unknown_score"] is not None:
+                scores.append(full["unknown_score"])
+        for i, path in enumerate(chunk):
+            if errs[i] is None:
+                kept_paths.append(str(path))
+                kept_y.append(int(y_all[pos + i]))
+            else:
+                errors.append((str(path), errs[i]))
+        pos += len(chunk)
     if errors:
         from .console import warn
 

@@ -245,15 +245,13 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
 
 def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
     """`fit_after_training` for a run trained before (rebuilds its data from config.json)."""
-    import json
-
     from . import runs
     from .config import TrainConfig
     from .models import load_model
     from .training import _Trainer
 
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))["config"])
+    cfg = TrainConfig.from_dict(runs.RunDir(run_dir).require_config()["config"])
     trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
     trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
     trainer.setup(fresh=False)
