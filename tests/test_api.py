@@ -161,7 +161,8 @@ def test_show_images_takes_turns_between_classes(tmp_path):
 
 # The public functions (and result classes) whose own docstring examples must run as written.
 WITH_EXAMPLES = ("load_model", "save_model", "load_dataset", "train", "plot_learning_curves", "evaluate",
-                 "predict", "predict_folder", "show_predictions", "show_images", "Prediction", "EvaluationResult")
+                 "predict", "predict_folder", "show_predictions", "show_images", "Prediction", "EvaluationResult",
+                 "explain", "explanation")
 
 
 def test_every_public_function_has_an_example_that_runs(tour, tmp_path):

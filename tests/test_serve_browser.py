@@ -99,6 +99,39 @@ def test_the_page_loads_nothing_from_elsewhere(page, server):
 
 
 
+def test_show_why_toggle_displays_each_images_gradcam_overlay(page, server, tmp_path):
+    """The toggle fetches POST /explain per card and swaps the photo for its overlay (a data: PNG)."""
+    import os
+
+    from conftest import ROOT
+
+    dog = real_images("test", "dogs", 1)[0]
+    page.set_input_files("#file-input", str(dog))
+    card = page.locator(".card.done", has_text=dog.name).first
+    card.wait_for()
+    assert page.locator("#why-toggle").is_visible()
+    page.check("#why")
+    why = card.locator("img.why")
+    why.wait_for()
+    assert card.get_attribute("data-why") == "ready"
+    assert why.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert why.get_attribute("src").startswith("data:image/png;base64,")
+    assert why.is_visible() and not card.locator("img:not(.why)").is_visible()
+    shot = tmp_path / "serve_why.png"
+    page.screenshot(path=str(shot), full_page=False)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RETREINO_DOCS_SHOTS"):  # refresh the picture in docs/explain.md
+        card.screenshot(path=str(ROOT / "docs" / "img" / "serve_why.png"))
+    page.uncheck("#why")  # off again: the photo is back
+    assert not why.is_visible() and card.locator("img:not(.why)").is_visible()
+    # The API behind it, as a client sees it.
+    body = httpx.post(f"{server.url}/explain", files={"files": (dog.name, dog.read_bytes(), "image/jpeg")},
+                      timeout=120).json()
+    e = body["explanations"][0]
+    assert e["class"] in CLASSES and 0.0 <= e["probability"] <= 1.0 and e["layer"] == "out_relu"
+    assert httpx.get(f"{server.url}/model", timeout=30).json()["explain"] is True
+
+
 # ---- the unknown answer, on a cats/dogs model with a detector --------------------------------
 
 

@@ -96,6 +96,10 @@ _LAZY = {
     "show_predictions": ("retreino.prediction", "show_predictions"),
     "Prediction": ("retreino.prediction", "Prediction"),
     "Predictor": ("retreino.inference", "Predictor"),
+    # Why: Grad-CAM (the module is retreino.gradcam, so that `retreino.explain` stays this function)
+    "explain": ("retreino.gradcam", "explain"),
+    "explanation": ("retreino.gradcam", "explanation"),
+    "Explanation": ("retreino.gradcam", "Explanation"),
 }
 
 __all__ = ["RetreinoError", "__version__", "show_images", *_LAZY]
@@ -106,6 +110,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real signatures
     from .config import AugmentConfig, TrainConfig
     from .data import Dataset, load_dataset
     from .evaluation import EvaluationResult, evaluate
+    from .gradcam import Explanation, explain, explanation
     from .inference import Predictor
     from .models import LoadedModel, ModelInfo, load_model, save_model
     from .plots import plot_learning_curves

@@ -19,6 +19,8 @@ from .errors import DataError, RetreinoError
 from .inference.exports import DEFAULT_RUNTIME
 
 EPS = 1e-7
+GALLERY = "misclassified.json"  # the errors with their Grad-CAM overlays, read by report.html
+GALLERY_DIR = "misclassified"  # the overlays themselves (JPEG, 256 px a side at most)
 FILES = ("metrics.json", "classification_report.txt", "classification_report.json", "predictions.csv",
          "confusion_matrix.png", "predictions_scatter.png", "misclassified.png")
 
@@ -149,6 +151,39 @@ class EvaluationResult:
                  else f"No misclassified images ({len(self.y_true)} correct)")
         fig = image_grid_figure(items, title=title, cols=min(4, max(1, len(items))))
         return self._save(fig, path, "misclassified.png")
+
+    def write_error_overlays(self, predictor, n: int = 16, out: str | os.PathLike | None = None) -> Path | None:
+        """Grad-CAM overlays of the `n` most confident errors, for the report's gallery.
+
+        Writes OUT/misclassified/<rank>-<name>.gradcam.jpg and OUT/misclassified.json (one entry
+        per error: path, true and predicted class, confidence, overlay file, the layer explained).
+        The overlay shows the predicted class: where the model found the evidence that misled it.
+        Returns None (and writes nothing) for a model without Keras weights (an export alone).
+        """
+        from .atomic import write_json
+        from .gradcam import explain_pixels
+
+        out = Path(out) if out is not None else self.out
+        loaded = getattr(predictor, "loaded", None)
+        if out is None or loaded is None or loaded.model is None:
+            return None
+        folder = out / GALLERY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.gradcam.jpg"):  # an earlier evaluation's errors
+            old.unlink()
+        items = []
+        shown = self.misclassified(n)
+        explained = explain_pixels(loaded, np.stack([predictor.load_pixels(self.paths[i]) for i in shown]),
+                                   [int(self.y_pred[i]) for i in shown],
+                                   resize_mode=predictor.resize_mode) if shown else []
+        for rank, (i, e) in enumerate(zip(shown, explained)):
+            name = f"{rank + 1:02d}-{Path(self.paths[i]).stem}.gradcam.jpg"
+            e.save(folder / name, image=self.paths[i], max_side=256)
+            items.append({"path": self.paths[i], "true": self.class_names[self.y_true[i]],
+                          "predicted": self.class_names[self.y_pred[i]], "confidence": float(self.confidence[i]),
+                          "overlay": f"{GALLERY_DIR}/{name}", "layer": e.layer})
+        wrong = int((self.y_pred != self.y_true).sum())
+        return write_json(out / GALLERY, {"errors": wrong, "shown": items})
 
     def _save(self, fig, path, default_name):
         from .plots import save_figure
@@ -467,6 +502,7 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     )
     if out is not None:
         result.save(out)
+        result.write_error_overlays(predictor)
         if report:
             from .report import write_report
 

@@ -53,6 +53,8 @@ pre { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; 
          align-items: start; }
 .grid2 > * { min-width: 0; }  /* a grid item may shrink below its content: its tables wrap, never overlap */
 details summary { cursor: pointer; color: var(--accent); }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 12px; }
+.gallery figure { margin: 0; }
 footer { color: var(--muted); font-size: 12px; padding: 16px 32px; border-top: 1px solid var(--line); }
 """
 
@@ -338,6 +340,32 @@ def _history_table(history: list[dict]) -> str:
             + _table(rows, cols, table_id="history") + "</details>")
 
 
+def _gallery(run: Path) -> str:
+    """Each shown error with its Grad-CAM overlay (misclassified.json from `evaluate`), or ''."""
+    from .atomic import read_json
+
+    record = read_json(run / "misclassified.json", None) if (run / "misclassified.json").is_file() else None
+    items = (record or {}).get("shown") or []
+    cards = []
+    for item in items:
+        overlay = run / str(item.get("overlay", ""))
+        if not overlay.is_file() or run.resolve() not in overlay.resolve().parents:
+            continue
+        data = base64.b64encode(overlay.read_bytes()).decode("ascii")
+        mime = "image/jpeg" if overlay.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+        name = Path(str(item.get("path", ""))).name
+        cap = (f"true <b>{_e(item.get('true'))}</b>, predicted <b>{_e(item.get('predicted'))}</b> "
+               f"{_fmt(item.get('confidence'), pct=True)}<br>{_e(name)}")
+        cards.append(f'<figure class="why"><img class="gradcam" src="data:{mime};base64,{data}" '
+                     f'alt="Grad-CAM of {_e(name)}"><figcaption>{cap}</figcaption></figure>')
+    if not cards:
+        return ""
+    return ("<h3>Where the model looked (Grad-CAM)</h3><p class=\"muted\">Red is where the evidence for the "
+            "predicted (wrong) class was strongest, on the whole photo; parts the model never saw (cut off by "
+            f"its centre crop) stay blue. Layer <code>{_e(items[0].get('layer', ''))}</code>.</p>"
+            '<div class="gallery">' + "".join(cards) + "</div>")
+
+
 def build_report_html(run: Path) -> str:
     """The report page as a string (write_report writes it atomically)."""
     from . import runs  # the run directory's file names have one owner
@@ -378,11 +406,13 @@ def build_report_html(run: Path) -> str:
     if figs:
         sections.append('<section id="evaluation"><h2>Confusion matrix</h2><div class="grid2">' + "".join(figs) + "</div></section>")
         nav.append(("evaluation", "Confusion matrix"))
-    if (run / "misclassified.png").is_file():
-        sections.append('<section id="misclassified"><h2>Misclassified examples</h2>'
-                        + _img(run / "misclassified.png", "misclassified examples",
-                               "The most confident errors first: true class, predicted class and confidence.")
-                        + "</section>")
+    gallery = _gallery(run)
+    if (run / "misclassified.png").is_file() or gallery:
+        body = '<section id="misclassified"><h2>Misclassified examples</h2>'
+        if (run / "misclassified.png").is_file():
+            body += _img(run / "misclassified.png", "misclassified examples",
+                         "The most confident errors first: true class, predicted class and confidence.")
+        sections.append(body + gallery + "</section>")
         nav.append(("misclassified", "Misclassified"))
     if curves.is_file() or history:
         body = '<section id="training"><h2>Learning curves</h2>'

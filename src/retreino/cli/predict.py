@@ -32,6 +32,9 @@ def register(sub) -> None:
                    help="answer 'unknown' for images unlike the training data (default on, when the model has a detector)")
     p.add_argument("--shard", metavar="K/N", help="only the K-th of N disjoint parts of the files (join with retreino merge)")
     p.add_argument("--json", action="store_true", help="print JSON (one object for an image, JSON lines for many)")
+    p.add_argument("--explain", nargs="?", const="", metavar="DIR",
+                   help="write a Grad-CAM overlay (where the model looked) per image: <name>.gradcam.png in DIR "
+                        "(default: the current folder for one image, ./gradcam/ for many); needs the Keras model")
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -56,9 +59,22 @@ def run(args) -> int:
     predictor = open_model(args)
     display = parse_names(args.names, predictor.class_names)
 
-    if _single(args.inputs) and not args.out and not args.grid and not args.shard:
+    single = _single(args.inputs) and not args.out and not args.grid and not args.shard
+    if args.explain is not None and getattr(predictor.loaded, "model", None) is None:
+        raise RetreinoError("--explain needs the Keras model (Grad-CAM takes gradients); an export alone has none")
+    if single:
         p = predict(predictor, files[0], top_k=args.top_k, names=display, unknown=args.unknown == "on")
-        print(json.dumps(p.to_dict(), indent=2) if args.json else p)
+        if args.explain is None:
+            print(json.dumps(p.to_dict(), indent=2) if args.json else p)
+            return 0
+        from ..gradcam import write_overlays
+
+        (_, overlay, _), = write_overlays(predictor, files[:1], args.explain or ".")
+        if args.json:
+            print(json.dumps({**p.to_dict(), "explanation": str(overlay)}, indent=2))
+        else:
+            first, *rest = str(p).split("\n")
+            print("\n".join([f"{first}  why: {overlay}", *rest]))
         return 0
 
     def show(row) -> None:
@@ -81,7 +97,24 @@ def run(args) -> int:
         print(f"wrote {summary.images} row(s) to {args.out}", file=sys.stderr)
     if args.grid:
         print(f"wrote {args.grid}", file=sys.stderr)
+    if args.explain is not None:
+        _explain_many(predictor, files, args)
     return 0
+
+
+def _explain_many(predictor, files, args) -> None:
+    """Overlays of every image into --explain DIR (default ./gradcam/), sub-folders of an input folder kept."""
+    from ..console import status
+    from ..gradcam import write_overlays
+
+    folder = Path(args.explain or "gradcam")
+    dirs = [Path(i) for i in args.inputs if Path(i).is_dir()]
+    root = dirs[0] if len(dirs) == 1 and len(args.inputs) == 1 else None
+    status(f"explaining {len(files)} image(s) (Grad-CAM) ...")
+    done = write_overlays(predictor, files, folder, root=root)
+    wrote = sum(1 for _, o, _ in done if o is not None)
+    print(f"wrote {wrote} Grad-CAM overlay(s) to {folder}/ (<name>.gradcam.png"
+          + (", sub-folders kept" if root is not None else "") + ")", file=sys.stderr)
 
 
 def _print_row(row, top_k: int) -> None:

@@ -107,6 +107,7 @@ class ModelResponse(BaseModel):
     runtime: str
     limits: Limits
     batching: Batching
+    explain: bool = Field(False, description="POST /explain answers (Grad-CAM needs the Keras model)")
 
 
 class BatchCounters(BaseModel):
@@ -145,6 +146,7 @@ _ERRORS = {
     413: {"model": ErrorBody, "description": "file over the size limit, or too many pixels (decompression bomb)"},
     415: {"model": ErrorBody, "description": "not an image, or not a multipart/image request"},
     422: {"model": ErrorBody, "description": "an image that cannot be decoded (corrupt or truncated)"},
+    501: {"model": ErrorBody, "description": "/explain on a server that runs an export alone (no gradients)"},
     503: {"model": ErrorBody, "description": "too many images waiting: retry shortly"},
 }
 
@@ -188,6 +190,9 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
     batcher = MicroBatcher(_with_unknown_column(predictor), max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="retreino-decode")
     counters = {"requests": 0, "started": time.time()}
+    # Grad-CAM needs the Keras model's gradients: one image at a time, on its own thread, beside the batcher.
+    can_explain = getattr(getattr(predictor, "loaded", None), "model", None) is not None
+    explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retreino-gradcam")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -195,6 +200,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         yield
         await batcher.close()
         decoder.shutdown(wait=False, cancel_futures=True)
+        explainer.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title=f"retreino: {name}",
@@ -263,6 +269,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
             "runtime": str(getattr(predictor, "runtime", "keras")),
             "limits": {"max_file_mb": settings.max_file_mb, "max_files": settings.max_files, "max_queue": settings.max_queue},
             "batching": {"max_batch": settings.max_batch, "batch_wait_ms": settings.batch_wait_ms},
+            "explain": can_explain,
         }
 
     @app.post(
@@ -302,7 +309,44 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
             "time_ms": round((time.perf_counter() - start) * 1000, 2),
         }
 
+    @app.post(
+        "/explain",
+        responses=_ERRORS,
+        summary="Where the model looked: a Grad-CAM overlay per image",
+        description=(
+            "Same uploads as `/predict`. Each answer holds the class explained (the predicted one), its "
+            "probability, the layer, and `overlay`: a `data:image/png;base64,...` picture of the heatmap over "
+            "the image as the model saw it (after its resize contract). 501 for a model without Keras weights."
+        ),
+        openapi_extra={"requestBody": _PREDICT_BODY},
+    )
+    async def explain(request: Request):
+        start = time.perf_counter()
+        counters["requests"] += 1
+        if not can_explain:
+            raise UploadError(501, "not_available", "Grad-CAM needs the Keras model; this server runs an export alone")
+        uploads = await read_uploads(request, settings.max_file_bytes, settings.max_files)
+        check_request_pixels(uploads)
+        loop = asyncio.get_running_loop()
+        answers = []
+        for u in uploads:
+            try:
+                pixels = await loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode)
+            except DataError as exc:
+                raise decode_error(u.filename, exc) from None
+            e = await loop.run_in_executor(explainer, _explain_one, predictor, pixels)
+            answers.append({"file": u.filename, "class": classes[e.class_index] if e.class_index < len(classes)
+                            else e.class_name, "probability": e.probability, "layer": e.layer,
+                            "overlay": e.data_url()})
+        return {"model": name, "explanations": answers, "time_ms": round((time.perf_counter() - start) * 1000, 2)}
+
     return app
+
+
+def _explain_one(predictor, pixels: np.ndarray):
+    from ..gradcam import explain_pixels
+
+    return explain_pixels(predictor.loaded, pixels[None], resize_mode=predictor.resize_mode)[0]
 
 
 def _decode(predictor, data: bytes, resize_mode: str) -> np.ndarray:

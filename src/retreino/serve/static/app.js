@@ -8,7 +8,7 @@ const MAX_BARS = 6; // a 1000-class model shows its best few, not 1000 bars
 const MAX_CHIPS = 24;
 
 const $ = (sel) => document.querySelector(sel);
-const state = { model: null, colors: {}, queue: [], running: 0, done: [], total: 0 };
+const state = { model: null, colors: {}, queue: [], running: 0, done: [], total: 0, files: new WeakMap() };
 
 function colorOf(name) {
   return state.colors[name] || "var(--accent)";
@@ -46,6 +46,7 @@ async function loadModel() {
       chips.push(li);
     }
     list.replaceChildren(...chips);
+    $("#why-toggle").hidden = !m.explain;
   } catch (err) {
     $("#model-name").textContent = "Server unreachable";
     $("#model-meta").textContent = String(err);
@@ -85,6 +86,7 @@ function makeCard(file) {
   card.dataset.state = "pending";
   card.querySelector(".file").textContent = file.name || "pasted image";
   card.querySelector(".file").title = file.name || "";
+  state.files.set(card, file);
   const img = card.querySelector("img");
   img.alt = file.name || "uploaded image";
   if (file.type.startsWith("image/")) {
@@ -178,6 +180,39 @@ function show(card, p, ms) {
     bars.append(more);
   }
   state.done.push(p.class);
+  if ($("#why").checked) explainCard(card);
+}
+
+// "show why": fetch each answered card's Grad-CAM overlay once, then the toggle only swaps pictures.
+async function explainCard(card) {
+  if (card.dataset.why || card.dataset.state !== "done") return;
+  const file = state.files.get(card);
+  if (!file) return;
+  card.dataset.why = "loading";
+  const form = new FormData();
+  form.append("files", file, file.name || "pasted.png");
+  try {
+    const res = await fetch("/explain", { method: "POST", body: form });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.detail || res.statusText);
+    const e = body.explanations[0];
+    const img = document.createElement("img");
+    img.className = "why";
+    img.alt = `where the model looked for ${e.class}`;
+    img.title = `Grad-CAM of ${e.class} (${pct(e.probability)}) on layer ${e.layer}`;
+    img.src = e.overlay;
+    card.querySelector(".thumb").append(img);
+    card.dataset.why = "ready";
+  } catch (err) {
+    card.dataset.why = "failed";
+    card.querySelector(".error").textContent = `no explanation: ${err.message}`;
+  }
+}
+
+function toggleWhy() {
+  const on = $("#why").checked;
+  document.body.classList.toggle("show-why", on);
+  if (on) for (const card of document.querySelectorAll("#results .card")) explainCard(card);
 }
 
 function fail(card, code, message) {
@@ -249,6 +284,7 @@ function wire() {
     addFiles(files);
   });
   $("#clear").addEventListener("click", clearAll);
+  $("#why").addEventListener("change", toggleWhy);
   $("#origin").textContent = window.location.origin;
 }
 
