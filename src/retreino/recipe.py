@@ -35,7 +35,7 @@ HEAD_INITS = ("linear-probe", "warmup")
 C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # The probe is fitted twice, on the training photos and on the photos plus their mirror images
 # (the flips augmentation would show), and the validation loss keeps one: the mirrored copies
-# helped on 4 of the 6 rows of bench/accuracy.py and hurt on one (docs/accuracy.md).
+# lowered it on 4 of the 6 rows of bench/accuracy.py and raised it on 2 (docs/accuracy.md).
 MIRROR_TRAINING = True
 
 
