@@ -79,6 +79,19 @@ def water_bottles():
     return load_model(WATER_BOTTLES)
 
 
+@pytest.fixture(scope="module")
+def cats_dogs(water_bottles):
+    """The real TM model relabelled cats/dogs: its numbers are arbitrary, but real and checkable.
+
+    Module-scoped: a test module may change its `info` without reaching the next module.
+    """
+    import dataclasses
+
+    from retreino.models.info import LoadedModel
+
+    return LoadedModel(water_bottles.model, dataclasses.replace(water_bottles.info, class_names=["cats", "dogs"]))
+
+
 @pytest.fixture(scope="session")
 def cats_dogs_subset(tmp_path_factory) -> Path:
     """A small notebook-layout copy of cats_vs_dogs: train 50+50, validation 20+20, test 20+20."""
@@ -124,6 +137,42 @@ def retrained_run(tmp_path_factory) -> Path:
     info.class_names, info.format = ["cats", "dogs"], "keras"
     run = tmp_path_factory.mktemp("run")
     save_model(LoadedModel(model, info), run / "fine_tuned_model.keras")
+    return run
+
+
+@pytest.fixture(scope="session")
+def unknown_model(retrained_run, tmp_path_factory) -> Path:
+    """A run folder: retrained_run's model with a temperature and a kNN unknown detector (unknown.npz).
+
+    Fitted on 40 train / 20 validation photos, the way `ood.fit_after_training` does at the end of a
+    real run, without training anything: cats and dogs are accepted, flowers answered `unknown`.
+    """
+    import numpy as np
+
+    from retreino import load_model, ood, save_model
+    from retreino.calibration import fit_temperature
+    from retreino.inference import Predictor
+    from retreino.preprocessing import scale_pixels_np
+
+    run = tmp_path_factory.mktemp("unknown_run")
+    shutil.copy(retrained_run / "fine_tuned_model.keras", run / "fine_tuned_model.keras")
+    loaded = load_model(run / "fine_tuned_model.keras")
+    pred = Predictor(loaded, runtime="keras")
+    both = ood.with_features(loaded.model)
+
+    def outputs(paths):
+        x = scale_pixels_np(np.stack([pred.load_pixels(p) for p in paths]), loaded.info.preprocessing)
+        return ood.split_outputs(np.asarray(both(x)), 2)
+
+    train = real_images("train", "cats", 20) + real_images("train", "dogs", 20)
+    val = real_images("validation", "cats", 10) + real_images("validation", "dogs", 10)
+    _, train_f = outputs(train)
+    val_p, val_f = outputs(val)
+    det = ood.fit_detector(train_f, np.repeat([0, 1], 20), val_f, 2, method="knn", accept=0.95, k=3)
+    det.save(run)
+    loaded.info.temperature = fit_temperature(val_p, np.repeat([0, 1], 10))
+    loaded.info.unknown = det.metadata()
+    save_model(loaded, run / "fine_tuned_model.keras")
     return run
 
 

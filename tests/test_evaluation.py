@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,12 +23,6 @@ from conftest import SHINCHAN, real_images
 from retreino.cli import main
 from retreino.errors import DataError, RetreinoError
 from retreino.evaluation import EvaluationResult, compute_metrics, evaluate, map_classes
-from retreino.models.info import LoadedModel
-
-
-@pytest.fixture(scope="module")
-def cats_dogs(water_bottles):
-    return LoadedModel(water_bottles.model, dataclasses.replace(water_bottles.info, class_names=["cats", "dogs"]))
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +167,12 @@ def test_cli_evaluate_run_writes_into_run_and_matches_api(run_dir, evaluated, ca
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # The run's test split is the seeded one from its config: the same 40 images as above.
     assert metrics["n"] == 40 and metrics["split"] == "test"
+    # One calibration line: this model has no temperature, so ECE is the same before and after.
+    cal = metrics["calibration"]
+    assert cal["temperature"] is None and cal["ece_before"] == cal["ece_after"]
+    assert (f"calibration  T 1 (none fitted)   ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}   "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}") in out.splitlines()
+    assert "unknown (" not in out  # no --ood, no unknown line
     assert metrics["accuracy"] == pytest.approx(evaluated.metrics["accuracy"])
     page = (run_dir / "report.html").read_text()
     assert 'id="metrics"' in page and "Confusion matrix" in page and "Misclassified" in page

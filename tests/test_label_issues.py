@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CATS_VS_DOGS, WATER_BOTTLES, need_shared
+from conftest import CAT_BREEDS, CATS_VS_DOGS, WATER_BOTTLES, need_shared
 
 PER_CLASS = 60
 MOVED_FRACTION = 0.05
@@ -63,3 +63,53 @@ def test_check_data_model_names_the_moved_photos(tmp_path, capsys):
     for f in found:
         assert f in moves, f"no move row for {f}"
         assert Path(moves[f]["destination"]).parent.name != Path(f).parent.name
+
+
+def test_model_options_without_model_are_refused_at_the_door(tmp_path, capsys):
+    from retreino.cli import main
+
+    (tmp_path / "a").mkdir()
+    assert main(["check-data", str(tmp_path), "--write-fixes", str(tmp_path / "plan.csv")]) == 2
+    assert "--write-fixes need(s) --model" in capsys.readouterr().err
+    assert main(["check-data", str(tmp_path), "--model", str(WATER_BOTTLES), "--folds", "1"]) == 2
+    assert "--folds must be at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "plan.csv").exists()
+
+
+@pytest.mark.slow
+def test_labels_csv_gets_a_relabel_plan_and_no_file_moves(tmp_path, capsys):
+    """A labels-CSV dataset (real cat breed photos): the plan relabels CSV rows; images and CSV stay as they were."""
+    need_shared()
+    from retreino.cli import main
+
+    with open(CAT_BREEDS / "labels.csv", newline="", encoding="utf-8") as fh:
+        header, *rows = list(csv.reader(fh))
+    by_breed: dict[str, list[list[str]]] = {}
+    for name, breed in rows:
+        if (CAT_BREEDS / "images" / name).is_file() and len(by_breed.setdefault(breed, [])) < 12:
+            by_breed[breed].append([name, breed])
+    keep = [r for v in by_breed.values() for r in v]
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    for name, _ in keep:
+        shutil.copy(CAT_BREEDS / "images" / name, data / "images" / name)
+    # Relabel three Abyssinians, the breed these features tell apart best, so the plan has rows to check.
+    for r in [r for r in keep if r[1] == "Abyssinian"][:3]:
+        r[1] = "American Wirehair"
+    with open(data / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([header, *keep])
+    before = _listing(data)
+    out, plan = tmp_path / "out", tmp_path / "plan.csv"
+    out.mkdir()
+    main(["check-data", str(data), "--model", str(WATER_BOTTLES), "--out", str(out), "--write-fixes", str(plan)])
+    capsys.readouterr()
+
+    assert _listing(data) == before, "check-data moved or altered a user's file or its labels CSV"
+    with open(plan, newline="", encoding="utf-8") as fh:
+        plan_rows = list(csv.DictReader(fh))
+    assert plan_rows, "no suspect among 60 photos with 3 relabelled"
+    labels = dict(keep)
+    for r in plan_rows:
+        assert r["action"] == "relabel", r
+        assert r["source"] in labels, f"{r['source']} is no filename of the labels CSV"
+        assert r["given"] == labels[r["source"]] and r["destination"] == r["likely"] != r["given"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import re
@@ -18,7 +17,6 @@ from PIL import Image
 from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, real_images
 from retreino.cli import main
 from retreino.errors import DataError, RetreinoError
-from retreino.models.info import LoadedModel
 from retreino.prediction import (
     Prediction,
     find_images,
@@ -27,12 +25,6 @@ from retreino.prediction import (
     predict_folder,
     show_predictions,
 )
-
-
-@pytest.fixture(scope="module")
-def cats_dogs(water_bottles):
-    """The real TM model relabelled cats/dogs: its numbers are arbitrary, but real and checkable."""
-    return LoadedModel(water_bottles.model, dataclasses.replace(water_bottles.info, class_names=["cats", "dogs"]))
 
 
 @pytest.fixture(scope="module")

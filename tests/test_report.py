@@ -1,6 +1,7 @@
 """report.html: one self-contained page per run, checked in a real headless Chromium."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -17,6 +18,24 @@ from retreino.report import write_report
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+
+
+
+@contextlib.contextmanager
+def report_page(page_path: Path, width: int = 1280, height: int = 900):
+    """The report open in a real headless Chromium at width x height, loaded; closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(page_path.resolve().as_uri())
+            page.wait_for_load_state("load")
+            yield page
+        finally:
+            browser.close()
+
 
 HISTORY = (
     "epoch,phase,loss,accuracy,val_loss,val_accuracy,lr,seconds\n"
@@ -91,8 +110,6 @@ def test_report_before_evaluation(tmp_path):
 
 
 def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     run = make_run(tmp_path)
     result = add_evaluation(run)
     page_path = write_report(run)
@@ -102,29 +119,22 @@ def test_report_is_self_contained_and_renders_in_chromium(tmp_path):
     assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:|//)', html_text)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(page_path.resolve().as_uri())
-            page.wait_for_load_state("load")
-            images = page.eval_on_selector_all(
-                "img", "els => els.map(e => ({alt: e.alt, ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))")
-            assert len(images) == 4
-            assert all(i["ok"] for i in images), images
-            assert {i["alt"] for i in images} == {"confusion matrix", "true vs predicted scatter",
-                                                 "misclassified examples", "learning curves"}
-            table = page.locator("table#metrics")
-            assert table.is_visible()
-            cells = table.locator("td").all_inner_texts()
-            assert "accuracy" in cells and f"{result.metrics['accuracy']:.1%}" in cells
-            assert f"{result.metrics['loss']:.4g}" in cells
-            per_class = page.locator("table#per-class tbody tr").all_inner_texts()
-            assert per_class[0].split("\t")[0] == "cats" and len(per_class) == 4  # 2 classes + 2 averages
-            assert page.title() == "retreino report: cats"
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with report_page(page_path) as page:
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => ({alt: e.alt, ok: e.complete && e.naturalWidth > 0, w: e.naturalWidth}))")
+        assert len(images) == 4
+        assert all(i["ok"] for i in images), images
+        assert {i["alt"] for i in images} == {"confusion matrix", "true vs predicted scatter",
+                                             "misclassified examples", "learning curves"}
+        table = page.locator("table#metrics")
+        assert table.is_visible()
+        cells = table.locator("td").all_inner_texts()
+        assert "accuracy" in cells and f"{result.metrics['accuracy']:.1%}" in cells
+        assert f"{result.metrics['loss']:.4g}" in cells
+        per_class = page.locator("table#per-class tbody tr").all_inner_texts()
+        assert per_class[0].split("\t")[0] == "cats" and len(per_class) == 4  # 2 classes + 2 averages
+        assert page.title() == "retreino report: cats"
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 50_000
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from retreino.config import TrainConfig
 from retreino.report import write_report
-from test_report import CHROMIUM, CHROMIUM_ARGS, HISTORY
+from test_report import HISTORY, report_page
 
 CLASSES = [f"American Wirehair variant {i:02d} ({'long name ' * (i % 3)})".strip() for i in range(40)]
 DEEP = ("/home/someone/projects/a-rather-long-folder-name-for-photos/"
@@ -69,24 +69,15 @@ def make_wide_run(root: Path) -> Path:
 
 
 def test_report_layout_holds_at_1280px_with_long_paths_and_many_classes(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     run = make_wide_run(tmp_path)
     page_path = write_report(run)
     text = page_path.read_text()
     assert "pixels scaled to [-1, 1], center-cropped to 224x224" in text  # the contract in words
     assert "<td>preprocessing</td>" not in text
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(page_path.resolve().as_uri())
-            page.wait_for_load_state("load")
-            page.evaluate("() => document.querySelectorAll('details').forEach(d => d.open = true)")
-            layout = page.evaluate(OVERLAP_JS)
-            page.screenshot(path=str(tmp_path / "wide.png"), full_page=True)
-        finally:
-            browser.close()
+    with report_page(page_path, 1280, 900) as page:
+        page.evaluate("() => document.querySelectorAll('details').forEach(d => d.open = true)")
+        layout = page.evaluate(OVERLAP_JS)
+        page.screenshot(path=str(tmp_path / "wide.png"), full_page=True)
     assert layout["scrollWidth"] <= layout["innerWidth"], layout
     assert layout["hits"] == [], layout["hits"][:10]
     assert layout["escapes"] == [], layout["escapes"]

@@ -29,6 +29,20 @@ def secret(tmp_path) -> Path:
     return p
 
 
+def _archive_members(path: Path) -> dict[str, bytes]:
+    """The members of a .keras archive (a zip), by name."""
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _write_archive(path: Path, members: dict[str, bytes]) -> Path:
+    """A .keras archive holding `members`: a real file altered as an attacker would."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    return path
+
+
 def _one_line(exc: Exception, *must: str) -> str:
     msg = str(exc)
     assert "\n" not in msg, msg
@@ -292,8 +306,7 @@ def test_keras_archive_whose_weights_use_external_storage_is_refused(tiny_model_
     from retreino import load_model
 
     src = tiny_model_dir / "fine_tuned_model.keras"
-    with zipfile.ZipFile(src) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
+    members = _archive_members(src)
     weights = tmp_path / "w.h5"
     weights.write_bytes(members["model.weights.h5"])
     with h5py.File(weights, "a") as f:
@@ -303,10 +316,7 @@ def test_keras_archive_whose_weights_use_external_storage_is_refused(tiny_model_
         del f[found[0]]
         f.create_dataset(found[0], shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
     members["model.weights.h5"] = weights.read_bytes()
-    evil = tmp_path / "evil.keras"
-    with zipfile.ZipFile(evil, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
+    evil = _write_archive(tmp_path / "evil.keras", members)
     with pytest.raises(UnsafeModelError) as err:
         load_model(evil)
     _one_line(err.value, "evil.keras", "external storage")
@@ -370,16 +380,12 @@ def test_keras3_refusals_say_what_was_refused(tiny_model_dir, tmp_path, secret):
     _one_line(err.value, "lambda.keras", "Lambda layer 'sneaky'")
 
     # A .keras whose config names a vocabulary file: refused naming the layer and the argument.
-    with zipfile.ZipFile(tiny_model_dir / "fine_tuned_model.keras") as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
+    members = _archive_members(tiny_model_dir / "fine_tuned_model.keras")
     config = json.loads(members["config.json"])
     config["config"]["layers"][1]["class_name"] = "StringLookup"
     config["config"]["layers"][1]["config"]["vocabulary"] = str(secret)
     members["config.json"] = json.dumps(config).encode()
-    evil = tmp_path / "vocab.keras"
-    with zipfile.ZipFile(evil, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
+    evil = _write_archive(tmp_path / "vocab.keras", members)
     with pytest.raises(UnsafeModelError) as err:
         load_model(evil)
     _one_line(err.value, "vocab.keras", "StringLookup", "vocabulary")
@@ -388,13 +394,22 @@ def test_keras3_refusals_say_what_was_refused(tiny_model_dir, tmp_path, secret):
 # --------------------------------------------------------------------------- data outside the data folder
 
 
-def _outside_dataset(tmp_path, secret_image: Path):
-    root = tmp_path / "data"
-    imgs = real_images("train", "cats", 6) + real_images("train", "dogs", 6)
-    for i, src in enumerate(imgs):
-        d = root / ("cats" if i < 6 else "dogs")
+def _real_dataset(root: Path, n: int) -> Path:
+    """root/cats and root/dogs holding copies of n real training photos each."""
+    for i, src in enumerate(real_images("train", "cats", n) + real_images("train", "dogs", n)):
+        d = root / ("cats" if i < n else "dogs")
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(src, d / src.name)
+    return root
+
+
+def _outside_dataset(tmp_path):
+    """12 real photos in data/{cats,dogs}, plus a file symlink and a folder symlink to outside/private.jpg."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret_image = outside / "private.jpg"
+    shutil.copy(real_images("test", "dogs", 1)[0], secret_image)
+    root = _real_dataset(tmp_path / "data", 6)
     os.symlink(secret_image, root / "cats" / "linked.jpg")  # a file symlink out of the folder
     os.symlink(secret_image.parent, root / "dogs" / "linked_dir")  # a folder symlink out of it
     return root
@@ -404,11 +419,7 @@ def test_symlinks_out_of_the_data_folder_are_refused_and_listed(tmp_path):
     from retreino import load_dataset
     from retreino.data.check import check_dataset
 
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    secret_image = outside / "private.jpg"
-    shutil.copy(real_images("test", "dogs", 1)[0], secret_image)
-    root = _outside_dataset(tmp_path, secret_image)
+    root = _outside_dataset(tmp_path)
 
     ds = load_dataset(root, warn=False)
     used = [p for s in ds.splits() for p in s.paths]
@@ -447,11 +458,7 @@ def test_labels_csv_rows_outside_the_data_folder_are_refused_even_with_follow_li
 
 
 def test_check_data_cli_has_follow_links(tmp_path):
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    secret_image = outside / "private.jpg"
-    shutil.copy(real_images("test", "dogs", 1)[0], secret_image)
-    root = _outside_dataset(tmp_path, secret_image)
+    root = _outside_dataset(tmp_path)
     from retreino.cli import main
 
     assert main(["check-data", str(root), "--json"]) == 0
@@ -521,11 +528,7 @@ def test_a_fifo_in_a_predict_folder_is_skipped_never_opened(tmp_path):
 
 def test_deep_folders_symlink_loops_and_fifos_in_a_dataset(tmp_path):
     """A 10,000-level folder, a symlink loop and a FIFO: load_dataset finishes, in a subprocess with a timeout."""
-    root = tmp_path / "data"
-    for i, src in enumerate(real_images("train", "cats", 4) + real_images("train", "dogs", 4)):
-        d = root / ("cats" if i < 4 else "dogs")
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, d / src.name)
+    root = _real_dataset(tmp_path / "data", 4)
     os.symlink(root / "cats", root / "cats" / "loop")
     os.mkfifo(root / "dogs" / "trap.jpg")
     fd = os.open(root / "dogs", os.O_RDONLY)
@@ -614,13 +617,9 @@ def test_bad_embedded_or_export_metadata_is_one_line(meta, tiny_model_dir, tmp_p
     from retreino import load_model
     from retreino.runtimes import read_export
 
-    with zipfile.ZipFile(tiny_model_dir / "fine_tuned_model.keras") as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
+    members = _archive_members(tiny_model_dir / "fine_tuned_model.keras")
     members["retreino.json"] = meta.encode()
-    bad = tmp_path / "bad.keras"
-    with zipfile.ZipFile(bad, "w") as zf:
-        for n, data in members.items():
-            zf.writestr(n, data)
+    bad = _write_archive(tmp_path / "bad.keras", members)
     with pytest.raises(ModelLoadError) as err:
         load_model(bad)
     _one_line(err.value, "bad.keras", "retreino metadata")
@@ -706,11 +705,7 @@ def test_best_keras_and_h5_are_always_from_the_same_epoch_after_a_kill(killed, t
 
 def test_a_sparse_64_gib_jpg_is_refused_by_its_size_before_reading(tmp_path):
     """Measured in a subprocess: load_dataset and predict's reader stay small and quick."""
-    root = tmp_path / "data"
-    for i, src in enumerate(real_images("train", "cats", 3) + real_images("train", "dogs", 3)):
-        d = root / ("cats" if i < 3 else "dogs")
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, d / src.name)
+    root = _real_dataset(tmp_path / "data", 3)
     giant = root / "dogs" / "giant.jpg"
     with open(giant, "wb") as fh:
         fh.write(b"\xff\xd8\xff\xe0")
@@ -794,11 +789,7 @@ def test_a_file_that_vanishes_after_the_scan_is_one_warning_on_the_streaming_pat
     from retreino import load_dataset
     from retreino.data.pipeline import make_pipeline
 
-    root = tmp_path / "data"
-    for i, src in enumerate(real_images("train", "cats", 3) + real_images("train", "dogs", 3)):
-        d = root / ("cats" if i < 3 else "dogs")
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, d / src.name)
+    root = _real_dataset(tmp_path / "data", 3)
     ds = load_dataset(root, val_split=0.0, test_split=0.0, warn=False)
     pipe = make_pipeline(ds.train, image_size=(32, 32), batch_size=8, training=True, cache=False, shuffle=False)
     gone = Path(ds.train.paths[0])

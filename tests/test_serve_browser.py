@@ -30,20 +30,27 @@ def server(serve_server):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
+    """One headless Chromium for the module (Playwright's sync API allows one running instance per thread)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            pg = browser.new_page(viewport={"width": 1200, "height": 900})
-            pg.set_default_timeout(60_000)
-            pg.requested = []
-            pg.on("request", lambda req: pg.requested.append(req.url))
-            pg.goto(server.url + "/")
-            yield pg
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    pg = browser.new_page(viewport={"width": 1200, "height": 900})
+    pg.set_default_timeout(60_000)
+    pg.requested = []
+    pg.on("request", lambda req: pg.requested.append(req.url))
+    pg.goto(server.url + "/")
+    yield pg
+    pg.close()
 
 
 def test_page_shows_the_model(page):
@@ -90,3 +97,55 @@ def test_the_page_loads_nothing_from_elsewhere(page, server):
     # and every asset the page named was served
     assert {f"{server.url}/static/app.js", f"{server.url}/static/style.css", f"{server.url}/model"} <= set(page.requested)
 
+
+
+# ---- the unknown answer, on a cats/dogs model with a detector --------------------------------
+
+
+@pytest.fixture(scope="module")
+def unknown_server(unknown_model):
+    from test_serve import start_server
+
+    server = start_server(str(unknown_model), "--quiet")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def unknown_page(browser, unknown_server):
+    pg = browser.new_page(viewport={"width": 1200, "height": 900})
+    pg.set_default_timeout(60_000)
+    pg.goto(unknown_server.url + "/")
+    pg.wait_for_selector("#model-classes li")
+    yield pg
+    pg.close()
+
+
+def test_a_flower_shown_to_a_cats_dogs_model_is_plainly_unknown(unknown_page, unknown_server, tmp_path):
+    from conftest import SHARED
+
+    flower = sorted((SHARED / "datasets" / "flowers" / "tulips").glob("*.jpg"))[0]
+    cat = real_images("test", "cats", 1)[0]
+    api = {p.name: httpx.post(f"{unknown_server.url}/predict", files={"files": (p.name, p.read_bytes(), "image/jpeg")},
+                              timeout=60).json()["predictions"][0] for p in (flower, cat)}
+    assert api[flower.name]["unknown"] is True and api[flower.name]["would_say"] in CLASSES
+    assert api[cat.name]["unknown"] is False and api[cat.name]["class"] in CLASSES
+
+    unknown_page.set_input_files("#file-input", [str(flower), str(cat)])
+    unknown_page.locator(".card.done").nth(1).wait_for()  # both answered (the page's CSP forbids eval'd waits)
+    cards = {c.locator(".file").inner_text(): c for c in unknown_page.locator(".card.done").all()}
+    shown = cards[flower.name]
+    # Plainly: the big label says unknown (not a class), and the line under it says why and what it would say.
+    assert shown.get_attribute("data-unknown") == "true"
+    assert shown.locator(".label").inner_text() == "unknown"
+    assert shown.locator(".label").is_visible()
+    assert shown.locator(".confidence").inner_text() == (
+        f"not like the training images · would say {api[flower.name]['would_say']}")
+    assert "below the threshold" in shown.locator(".label").get_attribute("title")
+    # The cat beside it is answered as usual.
+    assert cards[cat.name].get_attribute("data-unknown") is None
+    assert cards[cat.name].locator(".label").inner_text() == api[cat.name]["class"]
+    unknown_page.screenshot(path=str(tmp_path / "unknown.png"), full_page=True)
+    assert (tmp_path / "unknown.png").stat().st_size > 10_000

@@ -99,6 +99,14 @@ def test_training_run_learns_and_writes_every_file(trained_run):
     assert record["data"]["fingerprint"] and record["versions"]["keras"]
     assert (d / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(d.glob(".*"))  # no temporary files left behind
+    # The temperature: fitted out of fold on train + validation when the probe is the best model (ood.py).
+    cal = json.loads((d / "calibration.json").read_text())
+    assert cal["temperature"] == pytest.approx(best.info.temperature)
+    if run.best_epoch == 1:
+        counts = record["data"]["counts"]
+        assert cal["fit"]["source"] == "out-of-fold train+validation"
+        assert cal["fit"]["n"] == sum(counts["train"].values()) + sum(counts["validation"].values())  # 180 + 100
+    assert cal["temperature"] == (cal["fit"]["fitted"] if cal["fit"]["kept"] else 1.0)
 
 
 def test_dry_run_lists_trainable_layers(capsys, tmp_path):

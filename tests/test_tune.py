@@ -144,6 +144,39 @@ def test_interrupted_trial_runs_again_and_a_bad_trial_is_pruned(data, tmp_path):
     assert "No trial finished" in text
 
 
+def test_monitor_val_loss_minimizes_and_keeps_the_lowest_loss_trial(data, tmp_path):
+    """With "monitor": "val_loss" the study minimizes: its best trial, rank 1 and best_config.json are the lowest loss."""
+    import optuna
+
+    from retreino.selection.tune import STUDY_DB, STUDY_NAME, SearchSpace, tune
+
+    lines: list[str] = []
+    # No linear probe: its epoch scores the same in every trial (it is fitted before the searched values act).
+    result = tune(model=MODEL, data=str(data), trials=2, epochs=1, monitor="val_loss", head_init="warmup",
+                  runs_dir=str(tmp_path), name="pets", space=SearchSpace(warmup_epochs=(0, 0), unfreeze=(1, 20)),
+                  printer=lines.append)
+    tune_dir = tmp_path / "pets-tune"
+    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{tune_dir / STUDY_DB}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and done[0].value != done[1].value
+    lowest = min(done, key=lambda t: t.value)
+    assert study.best_trial.number == lowest.number
+    for t in done:  # each trial's score is the lowest val_loss of its run: the model it kept
+        run_dir = tune_dir / f"trial_{t.number:03d}"
+        losses = [float(r["val_loss"]) for r in csv.DictReader(io.StringIO((run_dir / "history.csv").read_text()))]
+        assert t.value == pytest.approx(min(losses), rel=1e-5)
+        assert json.loads((run_dir / "state.json").read_text())["best"] == pytest.approx(min(losses), rel=1e-5)
+    rows = _leaderboard(tune_dir)
+    assert [int(r["trial"]) for r in rows] == [lowest.number, 1 - lowest.number] and rows[0]["rank"] == "1"
+    assert float(rows[0]["val_loss"]) < float(rows[1]["val_loss"])
+    assert float(rows[0]["score"]) == pytest.approx(lowest.value, rel=1e-5)
+    best = json.loads((tune_dir / "best_config.json").read_text())
+    assert best["tune"]["trial"] == lowest.number and best["tune"]["monitor"] == "val_loss"
+    assert result.best["trial"] == lowest.number and result.best_config.monitor == "val_loss"
+    assert f"Best: trial {lowest.number}, val_loss {lowest.value:.4f}" in "\n".join(lines)
+
+
 def test_augment_strength_scales_the_base_and_zero_turns_it_off():
     from retreino.selection.tune import scaled_augment
 

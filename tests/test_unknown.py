@@ -1,8 +1,6 @@
 """Calibration and the unknown answer: numbers first, then the same decisions through every runtime and serve."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -26,6 +24,56 @@ def test_temperature_fixes_an_overconfident_model_and_keeps_the_winner():
     assert expected_calibration_error(scaled, y) < 0.05 < expected_calibration_error(probs, y)
 
 
+def test_a_fit_that_does_not_lower_held_out_ece_keeps_t_1():
+    from retreino.calibration import fit_temperature_checked
+
+    rng = np.random.default_rng(3)
+    # Over-confident: the held-out check keeps the fitted T.
+    y = rng.integers(0, 2, 1000)
+    pred = np.where(rng.random(1000) < 0.8, y, 1 - y)
+    t, check = fit_temperature_checked(np.where(np.eye(2)[pred] == 1, 0.99, 0.01), y)
+    assert check["kept"] and t == check["fitted"] > 1.5
+    assert check["heldout_ece_scaled"] < check["heldout_ece_raw"]
+    # Already calibrated (labels drawn from the probabilities): T is fitted near 1, and whenever the
+    # cross-fitted T does not lower the held-out ECE the answer is exactly 1.
+    kept = []
+    for seed in range(6):
+        r = np.random.default_rng(seed)
+        p1 = r.uniform(0.5, 1.0, 400)
+        probs = np.c_[p1, 1 - p1]
+        labels = (r.random(400) > p1).astype(int)
+        t, check = fit_temperature_checked(probs, labels)
+        assert 0.7 < check["fitted"] < 1.4
+        assert check["kept"] == (check["heldout_ece_scaled"] < check["heldout_ece_raw"])
+        assert t == (check["fitted"] if check["kept"] else 1.0)
+        kept.append(check["kept"])
+    assert not all(kept)
+
+
+def test_probe_out_of_fold_only_for_the_probe_head():
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from retreino.calibration import probe_out_of_fold
+
+    rng = np.random.default_rng(2)
+    x = np.r_[rng.normal(0, 1, (150, 8)) + 0.7, rng.normal(0, 1, (150, 8)) - 0.7]
+    y = np.repeat([0, 1], 150)
+    order = rng.permutation(300)
+    x, y = x[order], y[order]
+    tx, ty, vx, vy = x[:240], y[:240], x[240:], y[240:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = LogisticRegression(C=0.1, max_iter=2000).fit(tx, ty)
+    oof = probe_out_of_fold(tx, ty, vx, vy, head.predict_proba(vx), 2, c=0.1)
+    assert oof.shape == (300, 2) and np.allclose(oof.sum(1), 1)
+    assert 0.75 < np.mean(oof.argmax(1) == np.r_[ty, vy]) < 1.0  # held out: not the training fit's accuracy
+    # A head that is not this probe (here: much sharper) is refused.
+    sharper = apply_temperature(head.predict_proba(vx), 0.3)
+    assert probe_out_of_fold(tx, ty, vx, vy, sharper, 2, c=0.1) is None
+
+
 def test_detectors_accept_the_chosen_share_and_reject_far_points():
     rng = np.random.default_rng(1)
     train = np.r_[rng.normal(0, 1, (200, 16)) + 4, rng.normal(0, 1, (200, 16)) - 4]
@@ -39,35 +87,14 @@ def test_detectors_accept_the_chosen_share_and_reject_far_points():
 
 
 @pytest.fixture(scope="session")
-def unknown_run(retrained_run, tmp_path_factory):
-    """retrained_run with a temperature and a kNN detector fitted on 40 train / 20 validation photos, exported."""
-    from retreino import load_model, save_model
+def unknown_run(unknown_model):
+    """conftest's `unknown_model` with its onnx and tflite exports (which carry the features output)."""
+    from retreino import load_model
     from retreino.export import export_models
-    from retreino.inference import Predictor
 
-    run = tmp_path_factory.mktemp("unknown_run")
-    shutil.copy(retrained_run / "fine_tuned_model.keras", run / "fine_tuned_model.keras")
-    loaded = load_model(run / "fine_tuned_model.keras")
-    pred = Predictor(loaded, runtime="keras")
-
-    def outputs(paths):
-        from retreino.preprocessing import scale_pixels_np
-
-        x = scale_pixels_np(np.stack([pred.load_pixels(p) for p in paths]), loaded.info.preprocessing)
-        return ood.split_outputs(np.asarray(ood.with_features(loaded.model)(x)), 2)
-
-    train = real_images("train", "cats", 20) + real_images("train", "dogs", 20)
-    val = real_images("validation", "cats", 10) + real_images("validation", "dogs", 10)
-    _, train_f = outputs(train)
-    val_p, val_f = outputs(val)
-    det = ood.fit_detector(train_f, np.repeat([0, 1], 20), val_f, 2, method="knn", accept=0.95, k=3)
-    det.save(run)
-    loaded.info.temperature = fit_temperature(val_p, np.repeat([0, 1], 10))
-    loaded.info.unknown = det.metadata()
-    save_model(loaded, run / "fine_tuned_model.keras")
-    loaded = load_model(run / "fine_tuned_model.keras")
-    export_models(loaded, ["onnx", "tflite"], images=real_images("test", "cats", 10), measure=False)
-    return run
+    export_models(load_model(unknown_model / "fine_tuned_model.keras"), ["onnx", "tflite"],
+                  images=real_images("test", "cats", 10), measure=False)
+    return unknown_model
 
 
 def _images():
@@ -110,3 +137,31 @@ def test_predict_runtimes_and_serve_agree_on_unknown(unknown_run):
             answers += client.post("/predict", files=files).json()["predictions"]
     assert [p["unknown"] for p in answers] == decisions
     assert all(p["class"] == "unknown" and p["would_say"] in ("cats", "dogs") for p in answers if p["unknown"])
+
+
+@pytest.mark.slow
+def test_cli_evaluate_ood_prints_the_calibration_and_unknown_lines(unknown_run, cats_dogs_subset, tmp_path, capsys):
+    import json
+
+    from conftest import link_or_copy
+    from retreino.cli import main
+
+    other = tmp_path / "flowers"
+    other.mkdir()
+    for f in sorted(FLOWERS.glob("*/*.jpg"))[::125]:  # 10 flowers, 2 of each kind
+        link_or_copy(f, other / f"{f.parent.name}_{f.name}")
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", str(unknown_run / "fine_tuned_model.keras"), "--data", str(cats_dogs_subset),
+                 "--ood", str(other), "--out", str(out_dir), "--runtime", "keras"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    cal, o = metrics["calibration"], metrics["ood"]
+    assert cal["temperature"] is not None and cal["temperature"] != 1.0
+    assert (f"calibration  T {cal['temperature']:.3f}   ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}   "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}") in lines
+    knn, msp = o["methods"]["knn"], o["methods"]["msp (baseline)"]
+    assert o["n_ood"] == 10 and o["n_in"] == 40 and knn["ood_rejected"] >= 0.8
+    line = next(x for x in lines if x.startswith("unknown (knn)"))
+    assert line == (f"unknown (knn)  AUROC {knn['auroc']:.4f}   {knn['ood_rejected']:.1%} of 10 other images rejected   "
+                    f"{knn['in_rejected']:.1%} of the evaluated images rejected, accuracy on the rest {knn['accuracy_kept']:.1%}   "
+                    f"(max-probability baseline: AUROC {msp['auroc']:.4f}, {msp['ood_rejected']:.1%} rejected)")

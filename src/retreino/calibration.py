@@ -1,10 +1,17 @@
 """Calibrated confidence: temperature scaling (Guo et al., ICML 2017) and expected calibration error.
 
-A network's top probability is usually higher than its real hit rate. One scalar T, fitted on
-the validation split by minimising the negative log-likelihood, rescales the logits (z / T); it
-never changes which class wins, only how sure the model says it is. Everything works from
-probabilities: a softmax's logits are log(p) up to a constant, so softmax(log(p) / T) equals
-softmax(z / T), and a 1-unit sigmoid shown as [1 - p, p] is the same formula. numpy/scipy only.
+A network's top probability is often not its real hit rate (fine-tuned networks are usually
+over-confident; a strongly regularised linear probe is under-confident). One scalar T, fitted by
+minimising the negative log-likelihood, rescales the logits (z / T); it never changes which class
+wins, only how sure the model says it is. Everything works from probabilities: a softmax's logits
+are log(p) up to a constant, so softmax(log(p) / T) equals softmax(z / T), and a 1-unit sigmoid
+shown as [1 - p, p] is the same formula.
+
+What T is fitted on (ood.fit_after_training): a few hundred validation images make T noisy, so
+when the best model is the recipe's linear probe, T is fitted on out-of-fold probabilities of
+train + validation (`probe_out_of_fold`); and T is kept only when, cross-fitted, it lowers the
+ECE of held-out rows (`fit_temperature_checked`). docs/unknown.md has the measurements.
+The prediction path needs numpy only; the fitting helpers import scipy and scikit-learn.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import numpy as np
 
 TINY = 1e-30  # float32 softmax outputs can be exactly 0; log(0) would poison the sum
 ECE_BINS = 15
+PROBE_MATCH = 0.02  # probe_out_of_fold: largest gap between a refitted probe and the model's own probabilities
 
 
 def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
@@ -40,6 +48,86 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     res = minimize_scalar(lambda log_t: nll(apply_temperature(probs, float(np.exp(log_t))), y),
                           bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))
+
+
+def cross_fitted(probs: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Each row scaled by a T fitted on the *other* folds: what temperature scaling does to images it
+    was not fitted on (the honest check of a 1-parameter fit on a few hundred images)."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(y, dtype=np.int64)
+    counts = np.bincount(y)
+    split = (StratifiedKFold if counts[counts > 0].min() >= folds else KFold)(folds, shuffle=True, random_state=seed)
+    out = np.zeros(np.shape(probs), np.float32)
+    for fit, held in split.split(np.zeros(len(y)), y):
+        out[held] = apply_temperature(probs[held], fit_temperature(probs[fit], y[fit]))
+    return out
+
+
+def fit_temperature_checked(probs: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, dict]:
+    """(T, check): T fitted on all of `probs`, kept only when cross-fitted T lowers the ECE of held-out rows.
+
+    A model that is already calibrated (its ECE at the noise floor of its calibration images)
+    gets T = 1: a fitted T would then only move confidences by the noise of the fit, which the
+    test split shows as a higher ECE (docs/unknown.md measures both cases).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    t = fit_temperature(probs, y)
+    check = {"fitted": t, "n": int(len(y)), "folds": folds}
+    if len(y) < 2 * folds:
+        check.update(kept=True, reason="too few images for a held-out check")
+        return t, check
+    before = expected_calibration_error(probs, y)
+    after = expected_calibration_error(cross_fitted(probs, y, folds, seed), y)
+    kept = after < before
+    check.update(heldout_ece_raw=before, heldout_ece_scaled=after, kept=bool(kept))
+    return (t if kept else 1.0), check
+
+
+def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int, c: float | None = None,
+                      folds: int = 5, seed: int = 0) -> np.ndarray | None:
+    """Out-of-fold probabilities of train + validation for a model whose head is the linear probe.
+
+    For a run whose best epoch is the probe's (recipe.py): its head is a LogisticRegression with
+    inverse regularisation C on the frozen backbone's pooled features. The same estimator refitted
+    k times on the other folds of train + validation gives every one of those images a probability
+    from a head that never saw it: 5-6x more images to fit T on than the validation split alone
+    (whose T is a noisy 1-parameter fit). The check that the head IS that probe: the probe refitted
+    on the training features must reproduce the model's own validation probabilities (else None).
+    `c` is the probe's C when the run recorded it; else the recipe's validation grid chooses it again.
+    """
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from .recipe import _full_probs, fit_probe
+
+    train_y, val_y = np.asarray(train_y, np.int64), np.asarray(val_y, np.int64)
+    if c is None:
+        lr, c, refit_val = fit_probe(train_x, train_y, val_x, val_y, n_classes)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            refit_val = _full_probs(LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y), val_x, n_classes)
+    # lbfgs stops at a tolerance: features equal to 1e-5 refit to probabilities within ~3e-3 (measured).
+    if np.abs(refit_val - np.asarray(val_probs, np.float64)).max() > PROBE_MATCH:
+        return None  # not the probe's head after all: its folds would say nothing about this model
+    x, y = np.r_[train_x, val_x], np.r_[train_y, val_y]
+    counts = np.bincount(y, minlength=n_classes)
+    split = (StratifiedKFold if counts[counts > 0].min() >= folds else KFold)(folds, shuffle=True, random_state=seed)
+    out = np.zeros((len(y), n_classes), np.float64)
+    for fit, held in split.split(x, y):
+        if len(np.unique(y[fit])) < 2:
+            return None  # a fold with one class cannot be fitted: too few images for this
+        # sklearn's C weighs the summed loss against the penalty: scale it so that a fold's fit
+        # regularises each image as much as the probe's fit on the whole training split did.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lr = LogisticRegression(C=c * len(train_y) / len(fit), max_iter=2000).fit(x[fit], y[fit])
+        out[held] = _full_probs(lr, x[held], n_classes)
+    return out
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[dict]:

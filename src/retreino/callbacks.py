@@ -162,3 +162,32 @@ class SnapshotCallbacks(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.state.early_stopping = self.early.snapshot()
         self.state.reduce_lr = self.reduce.snapshot()
+
+
+def phase_callbacks(cfg, phase: str, total_epochs: int, state: RunState, history: list, nan_guard: NanGuard, *,
+                    run_dir, save_best, printer=print, extra: list | tuple = (), full_model=None) -> list:
+    """The callbacks of one training phase, in the order they must run.
+
+    The NaN guard first (it stops the epoch before anything is saved from it); in fine-tuning,
+    EarlyStopping and ReduceLROnPlateau, resumed from the counters in `state`, then their snapshot
+    into `state`; the recorder, which writes the epoch's files and commits `state`; the progress
+    line; last the caller's `extra` callbacks (tracking, a tuner's pruning), which so see an epoch
+    already on disk. Every "which way is better" comes from `config.monitor_mode(cfg.monitor)`.
+    """
+    cbs: list = [nan_guard]
+    if phase == "finetune":
+        mode = monitor_mode(cfg.monitor)
+        resumed = state.phase == "finetune"  # counters of an earlier phase do not carry over
+        early = ResumableEarlyStopping(
+            saved=state.early_stopping if resumed else None,
+            monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping_patience, restore_best_weights=False,
+        )
+        reduce = ResumableReduceLR(
+            saved=state.reduce_lr if resumed else None,
+            monitor=cfg.monitor, mode=mode, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
+        )
+        cbs += [early, reduce, SnapshotCallbacks(state, early, reduce)]
+    recorder = RunRecorder(run_dir, save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
+                           full_model=full_model)
+    progress_line = EpochProgress(total_epochs, "warm-up" if phase == "warmup" else "fine-tune", printer=printer)
+    return cbs + [recorder, progress_line] + list(extra)

@@ -15,3 +15,7 @@ class UnsafeModelError(ModelLoadError):
 
 class DataError(RetreinoError):
     """A dataset that cannot be read or used as asked."""
+
+
+class TrainingError(RetreinoError):
+    """Training could not go on (NaN loss, a full disk ...); the run directory keeps the best model so far."""

@@ -205,6 +205,10 @@ class EvaluationResult:
             lines[0] += f"   top-{k}  {v:.4f}"
         if self.errors:
             lines.append(f"skipped {len(self.errors)} unreadable image(s)")
+        if m.get("calibration"):
+            lines.append(calibration_line(m["calibration"]))
+        if m.get("ood"):
+            lines.append(ood_line(m["ood"]))
         return "\n".join(lines) + "\n\n" + self.classification_report
 
     def _repr_html_(self) -> str:
@@ -228,6 +232,28 @@ class EvaluationResult:
     def __repr__(self) -> str:
         return (f"<EvaluationResult {self.metrics['n']} images, accuracy {self.metrics['accuracy']:.4f}, "
                 f"loss {self.metrics['loss']:.4f}, classes={self.class_names}>")
+
+
+def calibration_line(cal: dict) -> str:
+    """One terminal line: the model's temperature and what it does to the expected calibration error."""
+    t = cal.get("temperature")
+    what = f"T {t:.3f}" if t is not None else "T 1 (none fitted)"
+    return (f"calibration  {what}   ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}   "
+            f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}")
+
+
+def ood_line(ood: dict) -> str:
+    """One terminal line for `--ood`: the detector's AUROC, the share of the other images answered unknown,
+    and what it costs on the evaluated images (share rejected, accuracy on those kept); MSP for comparison."""
+    row = ood["methods"][ood["method"]]
+    kept = "n/a" if row["accuracy_kept"] is None else f"{row['accuracy_kept']:.1%}"
+    line = (f"unknown ({ood['method']})  AUROC {row['auroc']:.4f}   {row['ood_rejected']:.1%} of {ood['n_ood']} "
+            f"other images rejected   {row['in_rejected']:.1%} of the evaluated images rejected, "
+            f"accuracy on the rest {kept}")
+    msp = ood["methods"].get("msp (baseline)")
+    if msp:
+        line += f"   (max-probability baseline: AUROC {msp['auroc']:.4f}, {msp['ood_rejected']:.1%} rejected)"
+    return line
 
 
 # --------------------------------------------------------------------------- data
@@ -388,34 +414,24 @@ def evaluate(model_or_path=None, data: str | os.PathLike | None = None, *, run: 
     raw_probs: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    bar = None
-    if progress:
-        from .console import progress as _progress
-
-        bar = _progress(total=len(images.paths), desc="evaluating", unit="img")
-    try:
-        pos = 0
-        for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
-                                                            resize_mode or predictor.resize_mode, batch_size,
-                                                            workers, interpolation=predictor.interpolation):
-            if ok:
-                full = predictor.predict_pixels_full(pixels)
-                probs.append(full["probabilities"])
-                raw_probs.append(full["raw"])
-                if full["unknown_score"] is not None:
-                    scores.append(full["unknown_score"])
-            for i, path in enumerate(chunk):
-                if errs[i] is None:
-                    kept_paths.append(str(path))
-                    kept_y.append(int(y_all[pos + i]))
-                else:
-                    errors.append((str(path), errs[i]))
-            pos += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    pos = 0
+    for chunk, pixels, ok, errs in iter_decoded_batches(images.paths, predictor.info.input_size,
+                                                        resize_mode or predictor.resize_mode, batch_size, workers,
+                                                        interpolation=predictor.interpolation,
+                                                        progress="evaluating" if progress else None):
+        if ok:
+            full = predictor.predict_pixels_full(pixels)
+            probs.append(full["probabilities"])
+            raw_probs.append(full["raw"])
+            if full["unknown_score"] is not None:
+                scores.append(full["unknown_score"])
+        for i, path in enumerate(chunk):
+            if errs[i] is None:
+                kept_paths.append(str(path))
+                kept_y.append(int(y_all[pos + i]))
+            else:
+                errors.append((str(path), errs[i]))
+        pos += len(chunk)
     if errors:
         from .console import warn
 

@@ -27,6 +27,7 @@ from . import tta
 from .errors import RetreinoError
 
 UNKNOWN_FILE = "unknown.npz"
+CALIBRATION_FILE = "calibration.json"  # how the run's temperature was fitted (fit_after_training)
 DEFAULT_METHOD = "knn"  # chosen by measurement: docs/unknown.md
 DEFAULT_ACCEPT = 0.95
 KNN_K = 10
@@ -195,11 +196,13 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     """Temperature + unknown detector for a finished run, stored with its best model.
 
     Reads the best model back, computes probabilities and pooled features of the training split
-    (file order, no augmentation) and the validation split, fits T on validation, fits the
-    detectors, writes `unknown.npz` and re-saves the model files with the new metadata.
+    (file order, no augmentation) and the validation split, fits T (on the probe's out-of-fold
+    train + validation probabilities when the probe is the best model, else on validation; kept
+    only when it lowers held-out ECE: calibration.py), fits the detectors, writes `unknown.npz` and
+    `calibration.json` and re-saves the model files with the new metadata.
     """
     from . import runs
-    from .calibration import expected_calibration_error, fit_temperature
+    from .calibration import expected_calibration_error, fit_temperature_checked, probe_out_of_fold
     from .models import load_model, save_model
 
     run_dir = Path(trainer.run_dir)
@@ -231,7 +234,17 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     trainer.printer(tta.describe(tta_record))
     if info.tta:
         val_p = tta.average(val_p, mirrored)
-    temperature = fit_temperature(val_p, val_y)
+    state = runs.RunDir(run_dir).read_state()
+    oof = None
+    if _best_is_probe(run_dir, state) and not info.tta:  # out-of-fold answers are single-pass ones
+        oof = probe_out_of_fold(train_f, train_y, val_f, val_y, val_p, len(info.class_names),
+                                c=state.extra.get("probe_c"))
+    if oof is not None:  # the head is the linear probe: T from its out-of-fold train + validation probabilities
+        cal_p, cal_y, source = oof, np.r_[train_y, val_y], "out-of-fold train+validation"
+    else:
+        cal_p, cal_y, source = val_p, val_y, "validation"
+    temperature, check = fit_temperature_checked(cal_p, cal_y)
+    check["source"] = source
     det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept)
     det.save(run_dir)
     info.temperature = temperature
@@ -241,27 +254,42 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
         save_model(loaded, run_dir / runs.BEST_H5, write_labels=False)
     from .calibration import apply_temperature
 
-    record = {"temperature": temperature, "tta": tta_record,
+    record = {"temperature": temperature, "fit": check, "tta": tta_record,
               "validation_ece_before": expected_calibration_error(val_p, val_y),
               "validation_ece_after": expected_calibration_error(apply_temperature(val_p, temperature), val_y),
               "unknown": info.unknown}
-    trainer.printer(f"Temperature {temperature:.3f} (validation ECE {record['validation_ece_before']:.3f} -> "
+    runs.RunDir(run_dir).write_json(CALIBRATION_FILE, record)
+    if check["kept"]:
+        how = f"fitted on {check['n']} {source} probabilities"
+    else:
+        how = (f"T {check['fitted']:.3f} fitted on {check['n']} {source} probabilities did not lower their held-out "
+               f"ECE ({check['heldout_ece_raw']:.4f} -> {check['heldout_ece_scaled']:.4f}): kept 1")
+    trainer.printer(f"Temperature {temperature:.3f} ({how}; validation ECE {record['validation_ece_before']:.3f} -> "
                     f"{record['validation_ece_after']:.3f}); unknown below {det.method} score {det.threshold:.4g} "
                     f"({accept:.0%} of validation images accepted)")
     return record
 
 
+def _best_is_probe(run_dir: Path, state) -> bool:
+    """Whether the run's best model is its linear probe (recipe.py): the epoch recorded as that phase."""
+    from . import runs
+    from .recipe import PHASE
+
+    if state is None or not state.best_epoch:
+        return False
+    history = runs.read_history(run_dir)
+    return len(history) >= state.best_epoch and history[state.best_epoch - 1].get("phase") == PHASE
+
+
 def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
     """`fit_after_training` for a run trained before (rebuilds its data from config.json)."""
-    import json
-
     from . import runs
     from .config import TrainConfig
     from .models import load_model
     from .training import _Trainer
 
     run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / runs.CONFIG).read_text(encoding="utf-8"))["config"])
+    cfg = TrainConfig.from_dict(runs.RunDir(run_dir).require_config()["config"])
     trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
     trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
     trainer.setup(fresh=False)

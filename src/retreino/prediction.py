@@ -224,12 +224,30 @@ def _decode(path, size, mode, interpolation="bilinear"):
 
 
 def iter_decoded_batches(paths: Sequence, size: tuple[int, int], mode: str = "stretch", batch_size: int = 32,
-                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear") -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
+                         workers: int | None = None, prefetch: int = 3, interpolation: str = "bilinear",
+                         progress: str | None = None) -> Iterator[tuple[list, np.ndarray, list[int], list[str | None]]]:
     """Yield (paths, pixels of the readable ones, their positions in the batch, per-path error or None).
 
     At most `prefetch` batches are decoded ahead of the consumer, so memory is bounded by
-    (prefetch + 1) * batch_size images at the model's input size.
+    (prefetch + 1) * batch_size images at the model's input size. `progress` names a bar
+    ("predicting", "evaluating" ...) that counts images as the consumer finishes each batch.
     """
+    bar = None
+    if progress:
+        from .console import progress as progress_bar
+
+        bar = progress_bar(total=len(paths), desc=progress, unit="img")
+    try:
+        for batch in _decoded_batches(paths, size, mode, batch_size, workers, prefetch, interpolation):
+            yield batch
+            if bar is not None:
+                bar.update(len(batch[0]))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _decoded_batches(paths, size, mode, batch_size, workers, prefetch, interpolation):
     workers = workers or min(8, max(2, os.cpu_count() or 2))
     chunks = (list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size))
     pending: collections.deque = collections.deque()
@@ -280,30 +298,20 @@ def iter_predict_folder(model, folder_or_glob, batch_size: int = 32, top_k: int 
     predictor = as_predictor(model, runtime=runtime, resize_mode=resize_mode)
     display = parse_names(names, predictor.class_names)
     files = list(paths) if paths is not None else find_images(folder_or_glob)
-    bar = None
-    if progress:
-        from .console import progress as _progress
-
-        bar = _progress(total=len(files), desc="predicting", unit="img")
-    try:
-        for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
-                                                             resize_mode or predictor.resize_mode, batch_size, workers,
-                                                             interpolation=predictor.interpolation):
-            full = predictor.predict_pixels_full(pixels) if len(ok) else None
-            probs = full["probabilities"] if full else np.zeros((0, len(display)), np.float32)
-            scores = full["unknown_score"] if full else None
-            by_pos = dict(zip(ok, probs))
-            score_at = dict(zip(ok, scores)) if scores is not None else {}
-            for i, path in enumerate(chunk):
-                row = _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
-                if i in score_at:
-                    _mark_unknown(row, float(score_at[i]), predictor.unknown.threshold, unknown)
-                yield row
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+    for chunk, pixels, ok, errors in iter_decoded_batches(files, predictor.info.input_size,
+                                                         resize_mode or predictor.resize_mode, batch_size, workers,
+                                                         interpolation=predictor.interpolation,
+                                                         progress="predicting" if progress else None):
+        full = predictor.predict_pixels_full(pixels) if len(ok) else None
+        probs = full["probabilities"] if full else np.zeros((0, len(display)), np.float32)
+        scores = full["unknown_score"] if full else None
+        by_pos = dict(zip(ok, probs))
+        score_at = dict(zip(ok, scores)) if scores is not None else {}
+        for i, path in enumerate(chunk):
+            row = _row(Path(path), by_pos.get(i), errors[i], predictor.class_names, display, top_k)
+            if i in score_at:
+                _mark_unknown(row, float(score_at[i]), predictor.unknown.threshold, unknown)
+            yield row
 
 
 def _row(path: Path, probs, error, class_names, display, top_k) -> dict[str, Any]:

@@ -340,18 +340,20 @@ def _history_table(history: list[dict]) -> str:
 
 def build_report_html(run: Path) -> str:
     """The report page as a string (write_report writes it atomically)."""
-    cfg = _read_json(run / "config.json")
-    metrics = _read_json(run / "metrics.json")
-    history = _read_csv(run / "history.csv")
+    from . import runs  # the run directory's file names have one owner
+
+    cfg = _read_json(run / runs.CONFIG)
+    metrics = _read_json(run / runs.METRICS)
+    history = _read_csv(run / runs.HISTORY)
     class_report = None
     if (run / "classification_report.txt").is_file():
         class_report = (run / "classification_report.txt").read_text(encoding="utf-8")
 
-    curves = run / "learning_curves.png"
+    curves = run / runs.CURVES
     if history and not curves.is_file():
         from .plots import plot_learning_curves
 
-        plot_learning_curves(run / "history.csv", curves)
+        plot_learning_curves(run / runs.HISTORY, curves)
 
     settings = (cfg or {}).get("config") or {}
     name = settings.get("name") or run.resolve().name

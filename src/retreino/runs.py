@@ -200,6 +200,18 @@ def folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
 
 
+def default_name(cfg) -> str:
+    """The run name when none is given: `<data folder>-<model>` (`cats_vs_dogs-mobilenet_v2`).
+
+    `cfg` is a TrainConfig (only `data` and `model` are read); train, cv and tune name their
+    folders from it, so the three agree on where a run of the same settings goes.
+    """
+    data = Path(cfg.data).resolve().name or "data"
+    model = Path(str(cfg.model)).name
+    model = Path(model).stem if model.endswith((".h5", ".keras")) else model
+    return f"{data}-{model}"
+
+
 # Function forms kept for callers of the earlier API.
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     return RunDir.create(runs_dir, name).path

@@ -294,28 +294,40 @@ def refuse_file_arguments(config, path) -> None:
         raise UnsafeModelError(f"{Path(path).name}: refused: {found[0]} names a file, which loading would read")
 
 
+# Layers whose config holds Python code (marshalled bytecode or a TF op name run as code).
+CODE_LAYERS = frozenset({"Lambda", "TFOpLambda", "SlicingOpLambda"})
+
+
+def config_nodes(config):
+    """Every dict in a nested Keras config (model, layers, nested models, their configs), parents first.
+
+    The one walker of the code checks (`keras3_code` here, `models.legacy_h5.find_code_layers`
+    for Keras 2 files): without a stack of its own, a deeply nested hostile config could
+    exhaust Python's recursion limit.
+    """
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+
+
 def keras3_code(config) -> list[str]:
     """What in a Keras 3 config would run code: Lambda layers, lambdas, objects from outside Keras."""
     found: list[str] = []
-
-    def walk(c):
-        if isinstance(c, dict):
-            cls, module = c.get("class_name"), c.get("module")
-            cfg = c.get("config") if isinstance(c.get("config"), dict) else {}
-            if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda"):
-                found.append(f"a {cls} layer '{cfg.get('name', '?')}'")
-            elif cls == "__lambda__":
-                found.append("a Python lambda")
-            elif isinstance(cls, str) and isinstance(module, str) and module and module != "builtins" \
-                    and not (module == "keras" or module.startswith("keras.")):
-                found.append(f"{cls} from module {module!r} (code outside Keras)")
-            for v in c.values():
-                walk(v)
-        elif isinstance(c, list):
-            for v in c:
-                walk(v)
-
-    walk(config)
+    for c in config_nodes(config):
+        cls, module = c.get("class_name"), c.get("module")
+        cfg = c.get("config") if isinstance(c.get("config"), dict) else {}
+        if cls in CODE_LAYERS:
+            found.append(f"a {cls} layer '{cfg.get('name', '?')}'")
+        elif cls == "__lambda__":
+            found.append("a Python lambda")
+        elif isinstance(cls, str) and isinstance(module, str) and module and module != "builtins" \
+                and not (module == "keras" or module.startswith("keras.")):
+            found.append(f"{cls} from module {module!r} (code outside Keras)")
     return found
 
 

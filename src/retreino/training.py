@@ -4,12 +4,17 @@ Phases: when the head is new, a linear probe fitted on the frozen features (`rec
 old head-only warm-up epochs with `head_init="warmup"`: a random head's large gradients would
 otherwise flow into the unfrozen backbone layers), then fine-tuning of the last
 N layers at a low learning rate with EarlyStopping, ReduceLROnPlateau and a best-model checkpoint.
+
+This module is the orchestrator: `train` and `_Trainer` decide what runs in which order. The
+parts have their own owners: the data pipelines and acceleration (`training_data.py`), the
+callbacks of a phase (`callbacks.phase_callbacks`), the best-model files (`checkpoint.py`), the
+provenance record in config.json (`provenance.py`), `--resume` (`resume.py`) and the run
+directory itself (`runs.RunDir`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,29 +23,22 @@ from . import _env
 _env.import_tensorflow()
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from . import runs  # noqa: E402
-from .callbacks import (  # noqa: E402
-    EpochProgress,
-    NanGuard,
-    ResumableEarlyStopping,
-    ResumableReduceLR,
-    RunRecorder,
-    SnapshotCallbacks,
-)
-from .config import TrainConfig, monitor_mode  # noqa: E402
-from .console import set_resume_command, status, table  # noqa: E402
-from .errors import RetreinoError  # noqa: E402
-from .models import LoadedModel, load_model, save_model  # noqa: E402
+from .callbacks import NanGuard, phase_callbacks  # noqa: E402
+from .checkpoint import save_best  # noqa: E402
+from .config import TrainConfig  # noqa: E402
+from .console import set_resume_command, table  # noqa: E402
+from .errors import RetreinoError, TrainingError  # noqa: E402
+from .models import LoadedModel, load_model  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
 from .models.summary import count_params  # noqa: E402
 from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
+from .provenance import config_record, describe_data  # noqa: E402
 from .runs import RunDir, RunState  # noqa: E402
+from .training_data import TrainingData  # noqa: E402
 
-
-class TrainingError(RetreinoError):
-    """Training could not go on (NaN loss, ...); the run directory keeps the best model so far."""
+__all__ = ["Run", "TrainingError", "train", "check_trainable", "make_optimizer", "loss_and_metric"]
 
 
 @dataclass
@@ -97,28 +95,68 @@ def train(
     """
     printer = printer or (lambda *args, **kwargs: None)  # printer=None: a quiet run
     if resume is not None:
-        return _resume(Path(resume), printer=printer, callbacks=callbacks)
+        from .resume import resume as resume_run
+
+        return resume_run(resume, printer=printer, callbacks=callbacks)
     cfg = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     cfg.validate()  # again: fields may have been set after the config was built
     if not cfg.model or not cfg.data:
         raise RetreinoError("train needs a model (file, folder or backbone name) and a data folder")
     from .speed.devices import run_context
 
-    with run_context(cfg, printer=printer):
+    with run_context(cfg, printer=printer) as strategy:
+        if strategy is not None and not _is_chief(strategy):
+            with _worker_runs_dir(cfg, strategy, printer) as tmp:
+                return _Trainer(dataclasses.replace(cfg, runs_dir=str(tmp)), printer=printer,
+                                callbacks=callbacks).run(dry_run=dry_run)
         return _Trainer(cfg, printer=printer, callbacks=callbacks).run(dry_run=dry_run)
 
 
+def _is_chief(strategy) -> bool:
+    from .speed.devices import is_chief
+
+    return is_chief(strategy)
+
+
+@contextlib.contextmanager
+def _worker_runs_dir(cfg, strategy, printer):
+    """A non-chief worker of a multi-worker cluster trains in a temporary folder, deleted at the end.
+
+    Every worker must run the same steps (the collectives need them all, checkpoint saves
+    included), so a worker does everything the chief does, but in its own throwaway folder: the
+    chief alone writes the run directory, as TensorFlow advises for multi-worker checkpoints.
+    """
+    import shutil
+    import tempfile
+
+    from .speed.devices import worker_name
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"retreino-{worker_name(strategy)}-"))
+    printer(f"Worker {worker_name(strategy)}: not the chief, so nothing is kept (scratch folder {tmp})")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class _Trainer:
+    """One run: set up the data and model, then fit the phases in order, writing the run directory.
+
+    The linear probe (`recipe.run_linear_probe`) and the end-of-training calibration
+    (`ood.fit_after_training`) take the trainer itself: they read `cfg`, `dataset`, `loaded`,
+    `run_dir` and `printer`, and call `pipelines`, `freeze`, `compile` and `save_best`.
+    """
+
     def __init__(self, cfg: TrainConfig, printer=print, run_dir: Path | None = None, callbacks: list | None = None):
         self.cfg, self.printer, self.run_dir = cfg, printer, run_dir
         self.extra_callbacks = list(callbacks or [])
 
     def setup(self, fresh: bool):
+        """Load the dataset and (when `fresh`) the model with its new head; a resume sets `loaded` first."""
         from .data import load_dataset
-
-        cfg = self.cfg
         from .recipe import HEAD_INITS
 
+        cfg = self.cfg
         if cfg.head_init not in HEAD_INITS:
             raise RetreinoError(f"unknown head initialisation {cfg.head_init!r}: use {' or '.join(HEAD_INITS)}")
         keras.utils.set_random_seed(cfg.seed)
@@ -126,84 +164,21 @@ class _Trainer:
             cfg.data, val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed,
             labels_csv=cfg.labels_csv, strict=cfg.strict,
         )
-        ds = self.dataset
-        check_trainable(ds, cfg.data)
+        check_trainable(self.dataset, cfg.data)
         if fresh:
             base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
-            self.prepared = prepare_for_classes(base, ds.class_names, dropout=cfg.dropout, seed=cfg.seed)
+            self.prepared = prepare_for_classes(base, self.dataset.class_names, dropout=cfg.dropout, seed=cfg.seed)
             self.loaded = self.prepared.loaded
         if cfg.resize:  # --resize overrides the model's contract, and the override travels with it
             self.loaded.info.resize = cfg.resize
         self.info: ModelInfo = self.loaded.info
-        head = self.info.head
-        self.binary = head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
+        self.binary = self.info.head == "sigmoid" and int(self.loaded.model.output_shape[-1]) == 1
         self.label_mode = "binary" if self.binary else "categorical"
+        self.data = TrainingData(cfg, self.dataset, self.info, self.label_mode)
 
-    # -- data ---------------------------------------------------------------------------------
     def pipelines(self, ordered_train: bool = False):
-        """(train, validation) datasets of scaled images; `ordered_train` gives the training split
-        in file order without augmentation (for a feature cache, which shuffles by itself)."""
-        from .data import make_pipeline
-
-        cfg, ds, info = self.cfg, self.dataset, self.info
-        common = dict(
-            image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
-            num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=info.resize,
-            interpolation=info.interpolation,
-            cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
-        )
-        augment = cfg.augment if cfg.augment.enabled else None
-        if ordered_train:
-            train = make_pipeline(ds.train, training=False, **common)
-        else:
-            train = make_pipeline(ds.train, training=True, augment=augment, **common)
-        val = make_pipeline(ds.validation, training=False, **common)
-        return train, val
-
-    def accelerated_data(self):
-        """(training data, validation data, accelerator or None) for this run."""
-        from .speed.devices import accelerate_reason
-
-        cfg = self.cfg
-        augmenting = cfg.augment.enabled
-        reason = accelerate_reason(cfg)
-        if reason is None:
-            from .speed.accelerate import Accelerator
-
-            acc = Accelerator.prepare(
-                self.loaded.model, lambda m: freeze_all_but_last(m, cfg.unfreeze, train_bn=cfg.train_bn),
-                batch_size=cfg.batch_size, seed=cfg.seed, cache_budget_mb=cfg.cache_budget_mb,
-            )
-            if acc is None:
-                self.printer("Speed: nothing is frozen at the front of the network, so every layer runs in Keras")
-                train_ds, val_ds = self.pipelines()
-                return train_ds, val_ds, None
-            cache_train = not augmenting and acc.fits(len(self.dataset.train))
-            train_ds, val_ds = self.pipelines(ordered_train=cache_train)
-            status("Speed: converting the frozen front of the network and caching its outputs ...")
-            acc.start(next(iter(val_ds))[0].numpy())
-            self.printer(acc.describe())
-            train_in = acc.cached_training(train_ds) if cache_train else acc.streamed(train_ds)
-            return train_in, acc.validation(val_ds, len(self.dataset.validation)), acc
-        if cfg.accelerate != "off":
-            self.printer(f"Speed: frozen-prefix acceleration {reason}")
-        train_ds, val_ds = self.pipelines()
-        return train_ds, val_ds, None
-
-    def class_weight(self):
-        if self.cfg.class_weight in (None, "", "none"):
-            return None
-        if self.cfg.class_weight != "balanced":
-            raise RetreinoError(f"unknown class weighting {self.cfg.class_weight!r}: use 'balanced'")
-        from sklearn.utils.class_weight import compute_class_weight
-
-        labels = np.asarray(self.dataset.train.labels)
-        classes = np.arange(len(self.dataset.class_names))
-        present = np.unique(labels)
-        weights = compute_class_weight("balanced", classes=present, y=labels)
-        out = {int(c): 1.0 for c in classes}
-        out.update({int(c): float(w) for c, w in zip(present, weights)})
-        return out
+        """(train, validation) datasets of scaled images (see `TrainingData.pipelines`)."""
+        return self.data.pipelines(ordered_train=ordered_train)
 
     # -- model ----------------------------------------------------------------------------------
     def compile(self, model, learning_rate: float | None = None, optimizer=None):
@@ -218,6 +193,7 @@ class _Trainer:
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_mixed(cfg))
 
     def phases(self) -> list[tuple[str, int, float]]:
+        """(phase, epochs, learning rate) in order; a resume skips the epochs already done."""
         cfg = self.cfg
         phases = []
         if self.new_head and cfg.head_init == "linear-probe":
@@ -233,22 +209,27 @@ class _Trainer:
             return freeze_head_only(model)
         return freeze_all_but_last(model, self.cfg.unfreeze, train_bn=self.cfg.train_bn)
 
+    def save_best(self, model):
+        """The run's best-model pair from `model` (see `checkpoint.save_best`); RunRecorder calls it."""
+        save_best(self.run_dir, self.info, model)
+
     # -- the run ----------------------------------------------------------------------------------
     def run(self, dry_run: bool = False) -> Run | None:
+        """A fresh run: set up, create the run directory and its record, then `fit`."""
         self.setup(fresh=True)
         self.new_head = self.prepared.new_head
         cfg, ds = self.cfg, self.dataset
-        self.printer(self.describe_data())
+        self.printer(describe_data(cfg.data, ds))
         self.printer(f"Model: {self.info.format_name} ({Path(str(self.info.source)).name}); {self.prepared.reason}")
         self.freeze("finetune")
         if dry_run:
             self.print_trainable()
             return None
-        run = RunDir.create(cfg.runs_dir, cfg.name or _default_name(cfg))
+        run = RunDir.create(cfg.runs_dir, cfg.name or runs.default_name(cfg))
         self.run_dir = run.path
         self._lock = runs.lock_run_dir(self.run_dir)  # held while this trainer lives: no --resume meanwhile
         run.write_labels(labels_text(ds.class_names))
-        run.write_config(self.config_record())
+        run.write_config(config_record(cfg, ds, self.info, self.new_head))
         state = RunState(new_head=self.new_head)
         run.write_state(state)
         self.printer(f"Run directory: {self.run_dir}")
@@ -256,67 +237,49 @@ class _Trainer:
         return self.fit(state, history=[], resume_model=None)
 
     def fit(self, state: RunState, history: list, resume_model) -> Run:
+        """Fit the phases not yet done (all of them in a fresh run), then `finish`.
+
+        `resume_model` is last.keras of an interrupted run: it continues its own phase with its
+        optimizer state; any later phase starts from the phase's own freeze and optimizer.
+        """
         cfg = self.cfg
-        train_ds, val_ds, acc = self.accelerated_data()
+        train_ds, val_ds, acc = self.data.accelerated(self.loaded.model, printer=self.printer)
         self.accelerator = acc
-        if cfg.tensorboard or cfg.mlflow:  # tracking: optional callbacks after retreino's own
+        if (cfg.tensorboard or cfg.mlflow) and _is_chief(None):  # tracking: the chief only, after retreino's own
             from .tracking import callbacks_for
             self.extra_callbacks = callbacks_for(cfg, self.run_dir) + self.extra_callbacks
-        total = sum(n for _, n, _ in self.phases())
+        phases = self.phases()
+        total = sum(n for _, n, _ in phases)
         offset = 0
         nan_guard = NanGuard()
         interrupted = False
         try:
-            for phase, n_epochs, lr in self.phases():
+            for phase, n_epochs, lr in phases:
                 end = offset + n_epochs
                 if state.epoch >= end:  # phase already done before a resume
-                    offset = end
-                    continue
-                if phase == "linear-probe":
+                    pass
+                elif phase == "linear-probe":
                     from .recipe import run_linear_probe
 
                     run_linear_probe(self, state, history)
-                    offset = end
-                    continue
-                if resume_model is not None and state.phase == phase and state.epoch > offset:
-                    model = resume_model  # same phase: keep its optimizer state and learning rate
                 else:
-                    self.freeze(phase)
-                    model = self.loaded.model
-                    self.compile(model, lr)
-                resume_model = None
-                self.loaded = LoadedModel(model, self.info)
-                fit_model = model
-                if acc is not None:
-                    # The tail trains the full model's own layers; the full model shares its optimizer,
-                    # built on the full model's variables, so last.keras carries the optimizer state.
-                    if not model.optimizer.built:
-                        model.optimizer.build(model.trainable_variables)
-                    fit_model = acc.tail
-                    self.compile(fit_model, optimizer=model.optimizer)
-                trainable = count_params(model.trainable_weights)
-                self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
-                             f" ({trainable:,} trainable parameters), learning rate {lr:g}")
-                callbacks = self.callbacks(phase, total, state, history, nan_guard, full_model=model)
-                if cfg.distribute == "multiworker":
-                    from .speed.devices import patch_symbolic_build
-                    patch_symbolic_build(fit_model)
-                fit_model.fit(
-                    train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
-                    callbacks=callbacks, verbose=0, class_weight=self.class_weight(),
-                    shuffle=False,  # the datasets shuffle themselves, seeded
-                )
-                if nan_guard.hit is not None:
-                    epoch, batch = nan_guard.hit
-                    raise TrainingError(
-                        f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1}; stopped. The best model so far "
-                        f"is in {self.run_dir / runs.BEST_KERAS}. Try a lower --lr or check the data"
-                    )
-                if phase == "finetune" and state.epoch < end:
-                    self.printer(f"Early stopping: no {cfg.monitor} gain in {cfg.early_stopping_patience} epochs")
+                    same_phase = resume_model is not None and state.phase == phase and state.epoch > offset
+                    self._fit_phase(phase, lr, end, total, state, history, nan_guard, (train_ds, val_ds, acc),
+                                    resume_model if same_phase else None)
+                    resume_model = None
                 offset = end
             state.finished = True
             RunDir(self.run_dir).write_state(state)
+        except _lost_peer_errors() as exc:
+            if cfg.distribute != "multiworker":
+                raise
+            # A worker died (killed, preempted): the survivors' collectives abort. The run directory
+            # holds the last finished epoch; the same --resume on every worker carries on from it.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = next((line for line in lines if "unhealthy" in line or "aborted" in line.lower()),
+                          lines[0] if lines else "")[:200]
+            raise TrainingError(f"a worker of the cluster stopped ({type(exc).__name__}: {reason}); restart every "
+                                f"worker with: retreino train --resume {self.run_dir}") from None
         except KeyboardInterrupt:
             interrupted = True
             self.printer(f"\nInterrupted after epoch {state.epoch}. Continue with: retreino train --resume {self.run_dir}")
@@ -324,57 +287,48 @@ class _Trainer:
         self.finish(run)
         return run
 
-    def callbacks(self, phase, total, state, history, nan_guard, full_model=None):
+    def _fit_phase(self, phase: str, lr: float, end: int, total: int, state: RunState, history: list,
+                   nan_guard: NanGuard, data: tuple, resume_model) -> None:
+        """Keras' fit for one warm-up or fine-tuning phase, up to epoch `end` of the whole run."""
         cfg = self.cfg
-        mode = monitor_mode(cfg.monitor)
-        early = ResumableEarlyStopping(
-            saved=state.early_stopping if state.phase == "finetune" else None,
-            monitor=cfg.monitor, mode=mode, patience=cfg.early_stopping_patience, restore_best_weights=False,
+        train_ds, val_ds, acc = data
+        if resume_model is not None:
+            model = resume_model  # same phase: keep its optimizer state and learning rate
+        else:
+            self.freeze(phase)
+            model = self.loaded.model
+            self.compile(model, lr)
+        self.loaded = LoadedModel(model, self.info)
+        fit_model = model
+        if acc is not None:
+            # The tail trains the full model's own layers; the full model shares its optimizer,
+            # built on the full model's variables, so last.keras carries the optimizer state.
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            fit_model = acc.tail
+            self.compile(fit_model, optimizer=model.optimizer)
+        trainable = count_params(model.trainable_weights)
+        self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
+                     f" ({trainable:,} trainable parameters), learning rate {lr:g}")
+        callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
+                                    save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
+                                    full_model=model)
+        if cfg.distribute not in (None, "", "none"):
+            from .speed.devices import patch_symbolic_build
+            patch_symbolic_build(fit_model)
+        fit_model.fit(
+            train_ds, validation_data=val_ds, epochs=end, initial_epoch=state.epoch,
+            callbacks=callbacks, verbose=0, class_weight=self.data.class_weight(),
+            shuffle=False,  # the datasets shuffle themselves, seeded
         )
-        reduce = ResumableReduceLR(
-            saved=state.reduce_lr if state.phase == "finetune" else None,
-            monitor=cfg.monitor, mode=mode, factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, verbose=0,
-        )
-        recorder = RunRecorder(self.run_dir, self.save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
-                               full_model=full_model)
-        progress = EpochProgress(total, "warm-up" if phase == "warmup" else "fine-tune", printer=self.printer)
-        cbs = [nan_guard]
-        if phase == "finetune":
-            cbs += [early, reduce, SnapshotCallbacks(state, early, reduce)]
-        return cbs + [recorder, progress] + self.extra_callbacks
-
-    def save_best(self, model):
-        try:
-            self._save_best(model)
-        except OSError as exc:
-            import errno
-
-            # h5py reports a full disk as an OSError without errno, "errno = 28" in its text.
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) and "errno = 28" not in str(exc):
-                raise
-            for path in runs.pending_best(self.run_dir).values():  # half-written: free their space
-                path.unlink(missing_ok=True)
-            best = Path(self.run_dir) / runs.BEST_KERAS
-            kept = f"the best model so far is intact in {best}" if best.exists() else "no best model was saved yet"
-            reason = exc.strerror or "No space left on device"
-            raise TrainingError(f"no space left on {Path(self.run_dir).resolve()}: saving the best model failed "
-                                f"({reason}); {kept}. Free some space and resume with --resume") from None
-
-    def _save_best(self, model):
-        loaded = LoadedModel(model, self.info)
-        pending = runs.pending_best(self.run_dir)  # both files, then both renames: always the same epoch
-        save_model(loaded, pending[runs.BEST_KERAS], write_labels=False)
-        # Keras' H5 writer pops "optimizer" out of the model's live compile config; every later
-        # .keras save (last.keras) would then reload with a fresh default RMSprop, and --resume
-        # would silently switch optimizers. Keep the config intact.
-        compile_config = getattr(model, "_compile_config", None)
-        kept = dict(compile_config.config) if compile_config is not None else None
-        try:
-            save_model(loaded, pending[runs.BEST_H5], write_labels=False)
-        finally:
-            if kept is not None:
-                compile_config.config = kept
-        runs.commit_best(self.run_dir)
+        if nan_guard.hit is not None:
+            epoch, batch = nan_guard.hit
+            raise TrainingError(
+                f"the loss became NaN at epoch {epoch + 1}, batch {batch + 1}; stopped. The best model so far "
+                f"is in {self.run_dir / runs.BEST_KERAS}. Try a lower --lr or check the data"
+            )
+        if phase == "finetune" and state.epoch < end:
+            self.printer(f"Early stopping: no {cfg.monitor} gain in {cfg.early_stopping_patience} epochs")
 
     def finish(self, run: Run):
         if not run.interrupted and (self.run_dir / runs.BEST_KERAS).exists():
@@ -405,21 +359,6 @@ class _Trainer:
         if not run.interrupted:
             self.printer(f"Next: retreino evaluate --run {self.run_dir}")
 
-    # -- reporting --------------------------------------------------------------------------------
-    def describe_data(self) -> str:
-        ds = self.dataset
-        lines = [f"Data: {self.cfg.data} ({ds.source}), {len(ds.class_names)} classes: {', '.join(ds.class_names)}"]
-        for split in ("train", "validation", "test"):
-            s = getattr(ds, split)
-            if s is None or len(s) == 0:
-                continue
-            counts = np.bincount(np.asarray(s.labels), minlength=len(ds.class_names))
-            per = ", ".join(f"{n} {c}" for c, n in zip(ds.class_names, counts))
-            lines.append(f"  {split:<10} {len(s):>6} images ({per})")
-        if ds.skipped:
-            lines.append(f"  skipped {len(ds.skipped)} unreadable file(s): see `retreino check-data {self.cfg.data}`")
-        return "\n".join(lines)
-
     def print_trainable(self):
         model = self.loaded.model
         rows = trainable_report(model, self.cfg.unfreeze, self.cfg.train_bn)
@@ -430,72 +369,11 @@ class _Trainer:
                if self.prepared.new_head and self.cfg.warmup_epochs > 0 else "")
         )
 
-    def config_record(self) -> dict:
-        ds = self.dataset
-        return {
-            "config": self.cfg.to_dict(),
-            "versions": versions(),
-            "data": {
-                "root": str(self.cfg.data),
-                "source": ds.source,
-                "class_names": list(ds.class_names),
-                "fingerprint": ds.fingerprint(),
-                "counts": split_counts(ds),
-                "skipped": list(ds.skipped),
-            },
-            "model": self.info.to_dict(),
-            "new_head": self.prepared.new_head,
-        }
 
-
-def _resume(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
-    lock = runs.lock_run_dir(run_dir) if run_dir.is_dir() else None  # one process per run directory
-    try:
-        return _resume_locked(run_dir, printer, callbacks)
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _resume_locked(run_dir: Path, printer=print, callbacks: list | None = None) -> Run:
-    run = RunDir(run_dir)
-    record = run.read_config()
-    state = run.read_state()
-    if not record or not state:
-        raise RetreinoError(f"{run_dir} is not a retreino run directory (no config.json/state.json)")
-    cfg = TrainConfig.from_dict(record["config"])
-    history = [row for row in run.read_history() if int(row["epoch"]) <= state.epoch]
-    if state.finished:
-        printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
-        return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
-    from .speed.devices import run_context
-
-    with run_context(cfg, printer=printer):
-        return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
-
-
-def _resume_run(run_dir: Path, cfg: TrainConfig, record: dict, state: RunState, history: list, printer, callbacks) -> Run:
-    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir, callbacks=callbacks)
-    resume_model = None
-    last = run_dir / runs.LAST
-    if state.epoch > 0 and last.exists():
-        resume_model = keras.saving.load_model(last, compile=True)
-        trainer.loaded = LoadedModel(resume_model, ModelInfo.from_dict(record["model"]))
-        if state.lr is not None:
-            resume_model.optimizer.learning_rate.assign(state.lr)
-    else:  # killed before the first epoch finished: start the phases afresh
-        base = load_model(cfg.model, weights=cfg.weights, input_range=cfg.input_range)
-        trainer.loaded = prepare_for_classes(base, record["data"]["class_names"], dropout=cfg.dropout, seed=cfg.seed).loaded
-    trainer.setup(fresh=False)
-    if list(trainer.dataset.class_names) != list(record["data"]["class_names"]):
-        raise RetreinoError(f"the classes in {cfg.data} changed since the run started; start a new run")
-    trainer.new_head = bool(record.get("new_head", True))
-    if resume_model is not None and state.phase == "warmup" and state.epoch >= cfg.warmup_epochs:
-        resume_model = None  # warm-up complete: fine-tuning starts with a fresh optimizer, as in a straight run
-        trainer.loaded = LoadedModel(keras.saving.load_model(last, compile=False), trainer.info)
-    printer(f"Resuming {run_dir} after epoch {state.epoch}")
-    set_resume_command(f"retreino train --resume {run_dir}")
-    return trainer.fit(state, history, resume_model)
+def _lost_peer_errors() -> tuple:
+    """What TensorFlow raises on the surviving workers when a peer of a collective is gone."""
+    tf = _env.import_tensorflow()
+    return (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError)
 
 
 def check_trainable(ds, data) -> None:
@@ -527,33 +405,3 @@ def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):
                 keras.metrics.BinaryAccuracy(name="accuracy"))
     loss = keras.losses.CategoricalCrossentropy(from_logits=head == "logits", label_smoothing=label_smoothing)
     return loss, keras.metrics.CategoricalAccuracy(name="accuracy")
-
-
-def split_counts(ds) -> dict:
-    """{split: {class: images}} for config.json and the report."""
-    out = {}
-    for split in ("train", "validation", "test"):
-        s = getattr(ds, split)
-        if s is not None and len(s):
-            counts = np.bincount(np.asarray(s.labels), minlength=len(ds.class_names))
-            out[split] = {c: int(n) for c, n in zip(ds.class_names, counts)}
-    return out
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": sys.platform}
-    for pkg in ("retreino", "keras", "tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _default_name(cfg: TrainConfig) -> str:
-    data = Path(cfg.data).resolve().name or "data"
-    model = Path(str(cfg.model)).name
-    model = Path(model).stem if model.endswith((".h5", ".keras")) else model
-    return f"{data}-{model}"

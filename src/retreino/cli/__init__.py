@@ -13,7 +13,7 @@ from .. import __version__
 from ..errors import RetreinoError
 
 # In the order `retreino --help` lists them; a module that is not there yet is simply absent.
-COMMANDS = ("inspect", "check_data", "train", "evaluate", "predict", "export", "serve", "cv", "tune", "merge")
+COMMANDS = ("inspect", "check_data", "train", "evaluate", "predict", "export", "serve", "studio", "cv", "tune", "merge")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,7 +29,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..data.check import check_dataset
+    from .label_issues import check_label_issue_args
 
+    check_label_issue_args(args)
     report = check_dataset(args.root, labels_csv=args.labels, val_split=args.val_split,
                            test_split=args.test_split, seed=args.seed, strict=args.strict,
                            follow_links=args.follow_links)

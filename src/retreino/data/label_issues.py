@@ -158,28 +158,18 @@ def pooled_features(loaded, paths: Sequence[str], *, resize_mode: str = "stretch
     todo = [i for i, k in enumerate(keys) if k not in cache]
     if todo:
         extractor = feature_extractor(loaded.model)
-        bar = None
-        if progress:
-            from ..console import progress as _progress
-
-            bar = _progress(total=len(todo), desc="features", unit="img")
-        try:
-            pos = 0
-            for chunk, pixels, ok, errors in iter_decoded_batches([paths[i] for i in todo], loaded.info.input_size,
-                                                                 resize_mode, batch_size):
-                bad = [e for e in errors if e]
-                if bad:
-                    raise DataError(bad[0])
-                x = scale_pixels_np(pixels, loaded.info.preprocessing)
-                out = np.asarray(extractor(x, training=False), dtype=np.float32).reshape(len(chunk), -1)
-                for j, f in enumerate(out):
-                    cache[keys[todo[pos + j]]] = f
-                pos += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
+        pos = 0
+        for chunk, pixels, ok, errors in iter_decoded_batches([paths[i] for i in todo], loaded.info.input_size,
+                                                             resize_mode, batch_size,
+                                                             progress="features" if progress else None):
+            bad = [e for e in errors if e]
+            if bad:
+                raise DataError(bad[0])
+            x = scale_pixels_np(pixels, loaded.info.preprocessing)
+            out = np.asarray(extractor(x, training=False), dtype=np.float32).reshape(len(chunk), -1)
+            for j, f in enumerate(out):
+                cache[keys[todo[pos + j]]] = f
+            pos += len(chunk)
         if cache_file is not None:
             from ..atomic import atomic_path
 

@@ -9,7 +9,7 @@ Two paths, chosen by `cache_budget_mb`:
 - **cached** (the usual case: 2,000 images at 224x224 are 300 MB): the split is decoded once by a
   thread pool (PIL releases the GIL) into one uint8 array; every epoch then gathers shuffled
   batches from memory and augments them with one affine warp per batch (see `augment.py`);
-  beyond `cache_budget_mb` the same array is a memory-mapped file on disk (`spill_array`), so
+  beyond `cache_budget_mb` the same array is a file on disk, read row by row (`spill_array`), so
   memory stays bounded at any dataset size while images are still decoded only once;
 - **streaming** (`cache=False`, one-pass uses): each epoch decodes files in parallel `tf.data` workers.
 """
@@ -38,7 +38,7 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
                  interpolation: str = "bilinear"):
     """-> (uint8 array (N, H, W, 3), {index: error message}); rows of failed files are zeros.
 
-    `out` is an array to decode into (a memory-mapped spill file), else one is allocated in memory.
+    `out` is an array to decode into (a SpillFile on disk), else one is allocated in memory.
 
     Decoding runs in tf.data's parallel map (PIL releases the GIL while it decodes and resizes);
     measured faster than a thread pool of the same size, and it adapts to the cores it finds.
@@ -70,19 +70,55 @@ def _decode_many(paths: list[str], image_size, resize_mode: str, desc: str = "de
     return out, errors
 
 
-def spill_array(n: int, h: int, w: int):
-    """A (n, h, w, 3) uint8 array backed by a file on disk (numpy memmap) instead of memory.
+def spill_array(n: int, h: int, w: int) -> SpillFile:
+    """A (n, h, w, 3) uint8 array kept in a file on disk instead of memory (see SpillFile)."""
+    return SpillFile(n, h, w)
+
+
+class SpillFile:
+    """A (n, h, w, 3) uint8 array in an unlinked temporary file, written and read with pwrite/pread.
 
     The file lives in $RETREINO_SPILL_DIR (default: the system temp folder) and is unlinked at
-    once, so the disk space comes back when the array goes, even after a crash. Pages are file-backed:
-    the kernel writes them out and drops them under memory pressure, which anonymous memory cannot do.
+    once, so the disk space comes back when the array goes, even after a crash. Not a memory map:
+    a mapping's resident pages count in the process's RSS and stay resident while memory is free,
+    so a mapped cache grows the process with the number of images. Here only the rows of the batch
+    being gathered are in the process; the file's pages are the kernel's page cache, which it
+    shares and drops as it likes. Supports what the pipeline does: `a[i:j] = rows`, `a[indices]`.
     """
-    import tempfile
 
-    folder = os.environ.get("RETREINO_SPILL_DIR") or None
-    fh = tempfile.TemporaryFile(prefix="retreino-cache-", suffix=".u8", dir=folder)
-    fh.truncate(n * h * w * 3)
-    return np.memmap(fh, dtype=np.uint8, mode="r+", shape=(n, h, w, 3))
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, n: int, h: int, w: int):
+        import tempfile
+
+        folder = os.environ.get("RETREINO_SPILL_DIR") or None
+        self._fh = tempfile.TemporaryFile(prefix="retreino-cache-", suffix=".u8", dir=folder)
+        self.shape = (int(n), int(h), int(w), 3)
+        self._row = int(h) * int(w) * 3
+        self._fh.truncate(self.shape[0] * self._row)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, key: slice, rows) -> None:
+        start, stop, step = key.indices(self.shape[0])
+        rows = np.ascontiguousarray(rows, dtype=np.uint8)
+        if step != 1 or rows.shape != (stop - start,) + self.shape[1:]:
+            raise ValueError(f"SpillFile takes contiguous row blocks; got {key} for rows of shape {rows.shape}")
+        os.pwrite(self._fh.fileno(), memoryview(rows).cast("B"), start * self._row)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        flat = index.reshape(-1)
+        out = np.empty((len(flat),) + self.shape[1:], dtype=np.uint8)
+        fd = self._fh.fileno()
+        for k, i in enumerate(flat):
+            if not 0 <= i < self.shape[0]:
+                raise IndexError(f"row {i} out of range for {self.shape[0]} rows")
+            got = os.preadv(fd, [memoryview(out[k]).cast("B")], int(i) * self._row)
+            if got != self._row:
+                raise OSError(f"short read from the spill file: {got} of {self._row} bytes")
+        return out.reshape(index.shape + self.shape[1:])
 
 
 def decode_all(paths, image_size=(224, 224), resize_mode: str = "stretch", interpolation: str = "bilinear") -> np.ndarray:
@@ -173,7 +209,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
             from ..console import info
 
             info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
-                 f"cache budget: caching them in a memory-mapped file on disk instead")
+                 f"cache budget: caching them in a file on disk instead")
         images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
                                       out=None if fits else spill_array(n, h, w), interpolation=interpolation)
         rows = np.arange(n)

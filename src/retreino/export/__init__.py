@@ -11,9 +11,10 @@ only ever picks an export that passed.
 The package is a face; the work lives in its modules:
 
 - `run`: `export_models` / `export_model`, one format at a time through a scratch folder;
-- `formats`: the `FORMATS` table, the Teachable Machine contract and the writer of each format;
+- `formats`: the `FORMATS` table and the writer of each format;
 - `parity`: the check against Keras (tolerances, probabilities side by side) and latency;
 - `images`: the parity and calibration images (real photos or smooth synthetic ones);
+- `tm_contract`: the Teachable Machine contract the `tm` and `tfjs` formats are checked against;
 - `keras2_h5`, `tfjs`, `tfjs_page`: the hand-written Keras 2 H5 and TF.js layouts.
 """
 from __future__ import annotations
@@ -21,9 +22,10 @@ from __future__ import annotations
 from .. import _env
 
 _env.import_tensorflow()
-from .formats import FORMATS, check_tm_contract  # noqa: E402
+from .formats import FORMATS  # noqa: E402
 from .keras2_h5 import ExportError  # noqa: E402
 from .run import ExportResult, export_model, export_models  # noqa: E402
+from .tm_contract import check_tm_contract  # noqa: E402
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_model", "export_models", "check_tm_contract"]
 

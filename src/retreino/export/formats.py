@@ -18,33 +18,9 @@ from ..inference.predictor import model_input
 from ..inference.runtimes import quiet_native
 from ..models.info import LoadedModel, ModelInfo, labels_text
 from .images import _load_pixels
-from .keras2_h5 import ExportError, write_keras2_h5
+from .keras2_h5 import write_keras2_h5
 
 FORMATS = ("keras", "h5", "tm", "savedmodel", "tflite", "tflite-int8", "onnx", "tfjs")
-
-
-def check_tm_contract(loaded: LoadedModel) -> None:
-    """Teachable Machine apps feed 224x224x3 pixels scaled to [-1, 1] and read a softmax."""
-    info, model = loaded.info, loaded.model
-    shape = tuple(model.input_shape[1:])
-    if shape != (224, 224, 3):
-        raise ExportError(
-            f"the tm format needs a 224x224x3 input (Teachable Machine apps resize to that); this model takes "
-            f"{shape}. Retrain from a 224x224 backbone, or export to keras/onnx/tflite"
-        )
-    if info.preprocessing != "tf":
-        raise ExportError(
-            f"the tm format needs inputs scaled to [-1, 1] (apps compute image/127.5 - 1); this model expects "
-            f"{info.value_range}. Retrain from a Teachable Machine or MobileNetV2 base, or export to another format"
-        )
-    if info.head != "softmax":
-        raise ExportError(
-            f"the tm format needs a softmax output (apps read probabilities); this model's head is {info.head}. "
-            "Retrain with a softmax head, or export to another format"
-        )
-    if not info.class_names:
-        raise ExportError("the tm format needs class names for labels.txt; pass class_names (--labels) when loading")
-
 
 
 # --------------------------------------------------------------------------- writers

@@ -15,10 +15,11 @@ from ..atomic import write_json, write_text
 from ..errors import RetreinoError
 from ..inference.exports import EXPORT_FILES, META_FILE, exports_folder, model_fingerprint
 from ..models.info import LoadedModel, ModelInfo, labels_text
-from .formats import _WRITERS, FORMATS, _carry_unknown, _Workspace, check_tm_contract
+from .formats import _WRITERS, FORMATS, _carry_unknown, _Workspace
 from .images import _image_list, _load_pixels, _split_images, _synthetic
 from .keras2_h5 import ExportError
 from .parity import CALIBRATION_IMAGES, PARITY_IMAGES, _keras_predictor, _latency_ms, _parity, _probs
+from .tm_contract import check_tm_contract
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .. import __version__
 from ..atomic import write_bytes, write_json
 from ..models.info import LoadedModel
 from .keras2_h5 import SUPPORTED, ExportError, _keras2_weights, _leaf_objects, keras2_config
+from .tm_contract import check_tm_contract
 
 MODEL_JSON, WEIGHTS_BIN, METADATA_JSON = "model.json", "weights.bin", "metadata.json"
 TFJS_VERSION = "1.3.1"  # the tfjs that @teachablemachine/image 0.8.5 pins (its peer dependency)
@@ -43,29 +44,8 @@ TFJS_ACTIVATIONS = {"linear", "relu", "relu6", "sigmoid", "softmax", "tanh", "el
 
 def check_tfjs(loaded: LoadedModel) -> dict:
     """Refuse a model TM's library would run wrongly; return its tfjs `modelTopology`."""
-    info, model = loaded.info, loaded.model
-    shape = tuple(model.input_shape[1:])
-    if shape != (224, 224, 3):
-        raise ExportError(
-            f"the tfjs format needs a 224x224x3 input (Teachable Machine's library crops photos to that); this model "
-            f"takes {shape}. Retrain from a 224x224 backbone, or export to keras/onnx/tflite"
-        )
-    if info.preprocessing != "tf":
-        raise ExportError(
-            f"the tfjs format needs inputs scaled to [-1, 1] (Teachable Machine's library feeds x/127 - 1); this model "
-            f"expects {info.value_range}. Retrain from a Teachable Machine or MobileNetV2 base, or export to another "
-            "format"
-        )
-    if info.head != "softmax":
-        raise ExportError(
-            f"the tfjs format needs a softmax output (Teachable Machine's library reads probabilities); this model's "
-            f"head is {info.head}. Retrain with a softmax head, or export to another format"
-        )
-    if not info.class_names:
-        raise ExportError(
-            "the tfjs format needs class names for metadata.json; pass class_names (--labels) when loading"
-        )
-    config = keras2_config(model, fmt="tfjs")
+    check_tm_contract(loaded, "tfjs")
+    config = keras2_config(loaded.model, fmt="tfjs")
     for layer in config["config"]["layers"]:
         _check_layer(layer["class_name"], layer["config"])
     return {

@@ -14,10 +14,9 @@ import json
 from collections import defaultdict
 
 from ..errors import ModelLoadError, UnsafeModelError
+from ..safety import CODE_LAYERS, config_nodes
 
 CONTAINERS = {"Sequential", "Functional", "Model"}
-# Layers that carry arbitrary Python code; never deserialised without --unsafe.
-CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
 
 # Keras 2 config keys that Keras 3 no longer accepts, and the only value that is harmless to drop.
 _DROPPABLE = {
@@ -69,19 +68,10 @@ def parse_json(raw, what: str):
 def find_code_layers(config: dict) -> list[str]:
     """Names of layers in a (nested) config that embed Python code."""
     found = []
-
-    def walk(c):
-        if isinstance(c, dict):
-            if c.get("class_name") in CODE_LAYERS:
-                cfg = c.get("config", {})
-                found.append(f"{c['class_name']} '{cfg.get('name', c.get('name', '?'))}'")
-            for v in c.values():
-                walk(v)
-        elif isinstance(c, list):
-            for v in c:
-                walk(v)
-
-    walk(config)
+    for c in config_nodes(config):
+        if c.get("class_name") in CODE_LAYERS:
+            cfg = c.get("config") if isinstance(c.get("config"), dict) else {}
+            found.append(f"{c['class_name']} '{cfg.get('name', c.get('name', '?'))}'")
     return found
 
 

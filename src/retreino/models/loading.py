@@ -248,7 +248,7 @@ def _load_keras3(path: Path, version: str, *, unsafe: bool, fmt: str) -> LoadedM
             ) from exc
         first = msg.splitlines()[0] if msg else type(exc).__name__
         raise ModelLoadError(f"cannot load {path}: {first}") from exc
-    code = [layer.name for layer in flatten_layers(model) if layer.__class__.__name__ in legacy_h5.CODE_LAYERS]
+    code = [layer.name for layer in flatten_layers(model) if layer.__class__.__name__ in safety.CODE_LAYERS]
     if code and not unsafe:
         raise UnsafeModelError(
             f"{path.name} embeds Python code (Lambda layer '{code[0]}'). Pass --unsafe only if you trust the file"

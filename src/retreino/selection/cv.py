@@ -106,7 +106,7 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
         )
     assignment = fold_assignment(labels, folds, cfg.seed)
 
-    name = folder_name(cfg.name or _default_name(cfg))
+    name = folder_name(cfg.name or runs.default_name(cfg))
     cv_dir = Path(cfg.runs_dir) / f"{name}-cv"
     plan = {
         "folds": folds,
@@ -326,8 +326,3 @@ def _fingerprint(paths, labels, root) -> str:
         h.update(f"{p}\t{y}\n".encode())
     return h.hexdigest()[:16]
 
-
-def _default_name(cfg: TrainConfig) -> str:
-    from ..training import _default_name
-
-    return _default_name(cfg)

@@ -9,10 +9,12 @@
       tune_history.png   score per trial and score against learning rate
 
 Every trial trains with the same seed, so two trials differ only by their hyper-parameters and a
-trial's score is reproduced by training its config again. Trials are pruned on the epoch's
-val_accuracy (MedianPruner: stop a trial whose score is below the median of earlier trials at
-the same epoch). The score is the best val_accuracy over the trial's epochs, the model a trial
-keeps; ties go to the lower val_loss.
+trial's score is reproduced by training its config again. The score is the config's `monitor`
+(val_accuracy by default): its best value over the trial's epochs, the model a trial keeps.
+Which way is better comes from `config.monitor_mode`, as for the run's own checkpoint: the study
+maximizes an accuracy and minimizes a loss. Trials are pruned on the epoch's score (MedianPruner:
+stop a trial doing worse than the median of earlier trials at the same epoch). Ties go to the
+lower val_loss (to the higher val_accuracy when the score is a loss).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from .. import runs
 from ..atomic import write_json, write_text
-from ..config import AugmentConfig, TrainConfig
+from ..config import AugmentConfig, TrainConfig, is_improvement, monitor_mode
 from ..console import table
 from ..errors import RetreinoError
 from .common import Countdown, IndentPrinter, check_same_settings, duration, folder_name
@@ -117,16 +119,20 @@ def scaled_augment(base: AugmentConfig, strength: float) -> AugmentConfig:
 
 @dataclass
 class TuneResult:
-    """What `tune` returns: the folder, the leaderboard rows (best first) and the best config."""
+    """What `tune` returns: the folder, the leaderboard rows (best first) and the best config.
+
+    Each row's `score` is the trial's best value of `monitor`.
+    """
 
     dir: Path
     leaderboard: list[dict]
     best: dict | None
     best_config: TrainConfig | None = None
     trials: int = 0
+    monitor: str = "val_accuracy"
 
     def __repr__(self) -> str:
-        best = f"{self.best['val_accuracy']:.3f} (trial {self.best['trial']})" if self.best else "-"
+        best = f"{_score_text(self.monitor, self.best['score'])} (trial {self.best['trial']})" if self.best else "-"
         return f"<TuneResult {str(self.dir)!r} trials={len(self.leaderboard)} best={best}>"
 
 
@@ -154,7 +160,7 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     if trials < 1:
         raise RetreinoError(f"--trials must be at least 1, got {trials}")
     space = space or SearchSpace()
-    name = folder_name(base.name or _default_name(base))
+    name = folder_name(base.name or runs.default_name(base))
     tune_dir = Path(base.runs_dir) / f"{name}-tune"
     pruner_name = pruner if isinstance(pruner, str) else type(pruner).__name__
     pruner = _pruner(pruner)  # an unknown name fails here, before anything is written
@@ -164,8 +170,9 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     write_json(tune_dir / SETTINGS, settings)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    monitor = base.monitor  # the score; a changed monitor is a changed config, refused above
     study = optuna.create_study(
-        study_name=STUDY_NAME, storage=f"sqlite:///{(tune_dir / STUDY_DB).resolve()}", direction="maximize",
+        study_name=STUDY_NAME, storage=f"sqlite:///{(tune_dir / STUDY_DB).resolve()}", direction=direction(monitor),
         sampler=optuna.samplers.TPESampler(seed=base.seed), pruner=pruner, load_if_exists=True,
     )
     _requeue_interrupted(study, printer)
@@ -196,18 +203,23 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
         if outcome == "interrupted":
             printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
             raise KeyboardInterrupt
-        trial_row = _row(study.trials[trial.number], _retried(study))
+        trial_row = _row(study.trials[trial.number], _retried(study), monitor)
         head = f"trial {index}/{trials} [{cfg.name}]"
         if outcome == "complete":
-            best = _best(study)
-            printer(f"{head} done in {duration(took)}: val_accuracy {trial_row['val_accuracy']:.3f}; "
-                    f"best so far {best['val_accuracy']:.3f} (trial_{best['trial']:03d})")
+            best = _best(study, monitor)
+            printer(f"{head} done in {duration(took)}: {monitor} {_score_text(monitor, trial_row['score'])}; "
+                    f"best so far {_score_text(monitor, best['score'])} (trial_{best['trial']:03d})")
         elif outcome == "pruned":
-            printer(f"{head} pruned after epoch {trial_row['epochs']} (val_accuracy {_fmt(trial_row['val_accuracy'])})")
+            printer(f"{head} pruned after epoch {trial_row['epochs']} ({monitor} {_score_text(monitor, trial_row['score'])})")
         else:
             printer(f"{head} failed: {trial_row.get('error') or study.trials[trial.number].user_attrs.get('error')}")
 
     return write_outputs(study, base, tune_dir, trials, printer, name=name)
+
+
+def direction(monitor: str) -> str:
+    """The Optuna study direction for a score of `monitor`: "minimize" a loss, "maximize" an accuracy."""
+    return "minimize" if monitor_mode(monitor) == "min" else "maximize"
 
 
 def pruning_callback(trial, monitor: str = "val_accuracy"):
@@ -261,7 +273,9 @@ def _run_trial(study, trial, cfg: TrainConfig, printer) -> str:
     best_row = _history_at(run.history, run.best_epoch)
     trial.set_user_attr("val_loss", best_row.get("val_loss"))
     trial.set_user_attr("best_epoch", run.best_epoch)
-    study.tell(trial, float(run.best_val_accuracy if run.best_val_accuracy is not None else 0.0))
+    # Run.best_val_accuracy is the best value of the monitored metric (state.best), whatever it is.
+    worst = 0.0 if monitor_mode(cfg.monitor) == "max" else math.inf
+    study.tell(trial, float(run.best_val_accuracy if run.best_val_accuracy is not None else worst))
     return "complete"
 
 
@@ -317,10 +331,11 @@ def _finish_pruned(run_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------ outputs
 
-COLUMNS = ["rank", "trial", "state", "val_accuracy", "val_loss", "best_epoch", "epochs", "seconds", *PARAMS, "run_dir"]
+COLUMNS = ["rank", "trial", "state", "score", "val_accuracy", "val_loss", "best_epoch", "epochs", "seconds", *PARAMS, "run_dir"]
 
 
-def _row(t, retried: set[int] = frozenset()) -> dict:
+def _row(t, retried: set[int] = frozenset(), monitor: str = "val_accuracy") -> dict:
+    """A leaderboard row; `score` is the trial's best `monitor` (for the val_ metrics, also in its own column)."""
     run_dir = Path(t.user_attrs.get("run_dir", ""))
     history = runs.RunDir(run_dir).read_history() if t.user_attrs.get("run_dir") else []
     state = t.state.name.lower()
@@ -329,40 +344,55 @@ def _row(t, retried: set[int] = frozenset()) -> dict:
     value = t.value if state == "complete" else None  # Optuna gives a pruned trial its last report
     best_epoch = t.user_attrs.get("best_epoch")
     if state != "complete" and history:  # pruned or failed: the best it reached before stopping
-        scores = [r.get("val_accuracy") for r in history if isinstance(r.get("val_accuracy"), (int, float))]
-        if scores:
-            value = max(scores)
-            best_epoch = scores.index(value) + 1
+        mode = monitor_mode(monitor)
+        for r in history:
+            v = r.get(monitor)
+            if isinstance(v, (int, float)) and is_improvement(v, value, mode):
+                value, best_epoch = v, int(r["epoch"])
     at_best = _history_at(history, best_epoch)
+    measured = {"val_accuracy": at_best.get("val_accuracy"),
+                "val_loss": t.user_attrs.get("val_loss", at_best.get("val_loss"))}
+    if monitor in measured:
+        measured[monitor] = value
     params = dict(t.params)
     cfg = runs.RunDir(run_dir).settings() if t.user_attrs.get("run_dir") else {}
     for k in PARAMS:  # fixed ranges are not Optuna params: read them from the trial's config
         if k not in params and k in cfg:
             params[k] = cfg[k]
     return {
-        "trial": t.number, "state": state, "val_accuracy": value,
-        "val_loss": t.user_attrs.get("val_loss", at_best.get("val_loss")), "best_epoch": best_epoch,
+        "trial": t.number, "state": state, "score": value, **measured, "best_epoch": best_epoch,
         "epochs": len(history), "seconds": round(sum(float(r.get("seconds") or 0) for r in history), 1),
         **{k: params.get(k) for k in PARAMS}, "run_dir": str(run_dir) if t.user_attrs.get("run_dir") else "",
     }
 
 
-def _sort_key(r: dict):
-    order = {"complete": 0, "pruned": 1}.get(r["state"], 2)
-    acc = r["val_accuracy"] if r["val_accuracy"] is not None else -1.0
-    loss = r["val_loss"] if r["val_loss"] is not None else math.inf
-    return (order, -acc, loss, r["trial"])
+def _sort_key(monitor: str):
+    """Best first: finished, then pruned, then the rest; by score in `monitor`'s direction, then the tie-break."""
+    maximize = monitor_mode(monitor) == "max"
+
+    def key(r: dict):
+        order = {"complete": 0, "pruned": 1}.get(r["state"], 2)
+        score = r["score"]
+        primary = math.inf if score is None else (-score if maximize else score)
+        if maximize:  # equal accuracy: the lower loss
+            tie = r["val_loss"] if r["val_loss"] is not None else math.inf
+        else:  # equal loss: the higher accuracy
+            tie = -r["val_accuracy"] if r["val_accuracy"] is not None else math.inf
+        return (order, primary, tie, r["trial"])
+
+    return key
 
 
-def _best(study) -> dict | None:
-    rows = sorted((_row(t) for t in study.trials if t.state.name == "COMPLETE"), key=_sort_key)
+def _best(study, monitor: str = "val_accuracy") -> dict | None:
+    rows = sorted((_row(t, monitor=monitor) for t in study.trials if t.state.name == "COMPLETE"), key=_sort_key(monitor))
     return rows[0] if rows else None
 
 
-def leaderboard(study) -> list[dict]:
+def leaderboard(study, monitor: str = "val_accuracy") -> list[dict]:
+    """Every trial that ran, best first by `monitor` (the study's score); finished trials ranked 1, 2 ..."""
     retried = _retried(study)
-    rows = sorted((_row(t, retried) for t in study.trials if t.state.name != "RUNNING" and t.state.name != "WAITING"),
-                  key=_sort_key)
+    rows = sorted((_row(t, retried, monitor) for t in study.trials if t.state.name not in ("RUNNING", "WAITING")),
+                  key=_sort_key(monitor))
     rank = 0
     for r in rows:
         if r["state"] == "complete":
@@ -374,7 +404,8 @@ def leaderboard(study) -> list[dict]:
 
 
 def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer=print, name: str | None = None) -> TuneResult:
-    rows = leaderboard(study)
+    monitor = base.monitor
+    rows = leaderboard(study, monitor)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -388,49 +419,57 @@ def write_outputs(study, base: TrainConfig, tune_dir: Path, trials: int, printer
         # The trial's own config.json, so nothing is re-derived: only where results go is reset.
         record = runs.RunDir(best["run_dir"]).read_config()["config"]
         best_cfg = dataclasses.replace(TrainConfig.from_dict(record), runs_dir=base.runs_dir,
-                                       name=f"{name or _default_name(base)}-best")
+                                       name=f"{name or runs.default_name(base)}-best")
         write_json(tune_dir / BEST_CONFIG, {
             "config": best_cfg.to_dict(),
-            "tune": {"trial": best["trial"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+            "tune": {"trial": best["trial"], "monitor": monitor, "score": best["score"],
+                     "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
                      "best_epoch": best["best_epoch"], "params": {k: best[k] for k in PARAMS}, "run_dir": best["run_dir"]},
         })
     if rows:
         try:
-            plot_history(rows, tune_dir / HISTORY_PLOT)
+            plot_history(rows, tune_dir / HISTORY_PLOT, monitor=monitor)
         except ImportError:
             pass
 
     printer("")
-    printer(format_leaderboard(rows, limit=10))
+    printer(format_leaderboard(rows, limit=10, monitor=monitor))
     files = [LEADERBOARD] + ([BEST_CONFIG] if best else []) + ([HISTORY_PLOT] if rows else [])
     printer(f"\nSaved in {tune_dir}: {', '.join(files)}")
     if best is not None:
-        printer(f"Best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.3f}. "
+        printer(f"Best: trial {best['trial']}, {monitor} {_score_text(monitor, best['score'])}. "
                 f"Train it on its own with: retreino train --config {tune_dir / BEST_CONFIG}")
     else:
         printer("No trial finished: nothing to recommend yet")
-    return TuneResult(tune_dir, rows, best, best_cfg, trials)
+    return TuneResult(tune_dir, rows, best, best_cfg, trials, monitor)
 
 
-def format_leaderboard(rows: list[dict], limit: int | None = None) -> str:
+def format_leaderboard(rows: list[dict], limit: int | None = None, monitor: str = "val_accuracy") -> str:
     head = ["rank", "trial", "state", "val_acc", "val_loss", "lr", "unfreeze", "warm-up", "dropout", "augment", "epochs", "time"]
     shown = rows[:limit] if limit else rows
     body = [[r["rank"] or "-", r["trial"], r["state"], _fmt(r["val_accuracy"]), _fmt(r["val_loss"], 4),
              _fmt(r["learning_rate"], "e"), r["unfreeze"], r["warmup_epochs"], _fmt(r["dropout"], 2), _fmt(r["augment"], 2),
              r["epochs"], duration(r["seconds"])] for r in shown]
-    text = table(body, headers=head, align="rrlrrrrrrrrr")
+    align = "rrlrrrrrrrrr"
+    if monitor not in ("val_accuracy", "val_loss"):  # a training metric is the score: show it too
+        head.insert(3, monitor)
+        for r, line in zip(shown, body):
+            line.insert(3, _score_text(monitor, r["score"]))
+        align += "r"
+    text = table(body, headers=head, align=align)
     if limit and len(rows) > limit:
         text += f"\n... {len(rows) - limit} more in {LEADERBOARD}"
     return text
 
 
-def plot_history(rows: list[dict], out_path: Path) -> Path:
+def plot_history(rows: list[dict], out_path: Path, monitor: str = "val_accuracy") -> Path:
     """Left: each trial's score in order with the best so far; right: score against learning rate."""
     import numpy as np
 
     from ..plots import TRAIN_COLOR, VAL_COLOR, WRONG_COLOR, new_figure, percent_axis, plot_style, save_figure
 
-    rows = sorted((r for r in rows if r["val_accuracy"] is not None), key=lambda r: r["trial"])
+    maximize = monitor_mode(monitor) == "max"
+    rows = sorted((r for r in rows if r["score"] is not None), key=lambda r: r["trial"])
     with plot_style():
         fig = new_figure(11, 4.2)
         ax1, ax2 = fig.subplots(1, 2)
@@ -440,12 +479,12 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
         for state, st in styles.items():
             sel = [r for r in rows if r["state"] == state]
             if sel:
-                ax1.scatter([r["trial"] for r in sel], [r["val_accuracy"] for r in sel], s=36, zorder=3, **st)
-                ax2.scatter([r["learning_rate"] for r in sel], [r["val_accuracy"] for r in sel], s=36, zorder=3, **st)
+                ax1.scatter([r["trial"] for r in sel], [r["score"] for r in sel], s=36, zorder=3, **st)
+                ax2.scatter([r["learning_rate"] for r in sel], [r["score"] for r in sel], s=36, zorder=3, **st)
         done = [r for r in rows if r["state"] == "complete"]
         if done:
             xs = [r["trial"] for r in done]
-            best_so_far = list(np.maximum.accumulate([r["val_accuracy"] for r in done]))
+            best_so_far = list((np.maximum if maximize else np.minimum).accumulate([r["score"] for r in done]))
             if rows[-1]["trial"] > xs[-1]:  # carry the line on past later pruned or failed trials
                 xs.append(rows[-1]["trial"])
                 best_so_far.append(best_so_far[-1])
@@ -454,21 +493,23 @@ def plot_history(rows: list[dict], out_path: Path) -> Path:
             ax.margins(x=0.08, y=0.15)
         ax1.set_title("Trials")
         ax1.set_xlabel("trial")
-        ax1.set_ylabel("val_accuracy")
+        ax1.set_ylabel(monitor)
         ax1.xaxis.get_major_locator().set_params(integer=True)
         ax2.set_xscale("log")
         ax2.set_title("Score against learning rate")
         ax2.set_xlabel("learning rate (fine-tuning)")
-        for ax in (ax1, ax2):
-            ax.yaxis.set_major_formatter(percent_axis())
+        if maximize:  # an accuracy: shown in percent
+            for ax in (ax1, ax2):
+                ax.yaxis.set_major_formatter(percent_axis())
         ax1.legend(loc="best", fontsize=8)
         for r in rows:
-            ax2.annotate(str(r["trial"]), (r["learning_rate"], r["val_accuracy"]), xytext=(5, 3), textcoords="offset points",
+            ax2.annotate(str(r["trial"]), (r["learning_rate"], r["score"]), xytext=(5, 3), textcoords="offset points",
                          fontsize=7, color="#555555")
-        best = max(done, key=lambda r: (r["val_accuracy"], -(r["val_loss"] or 0))) if done else None
+        best = min(done, key=_sort_key(monitor)) if done else None
         title = f"Hyper-parameter search: {len(rows)} trials"
         if best:
-            title += f"  -  best val_accuracy {best['val_accuracy']:.1%} (trial {best['trial']})"
+            shown = f"{best['score']:.1%}" if maximize else _score_text(monitor, best["score"])
+            title += f"  -  best {monitor} {shown} (trial {best['trial']})"
         fig.suptitle(title)
         return save_figure(fig, out_path)
 
@@ -511,6 +552,11 @@ def _describe_space(s: SearchSpace) -> str:
                       rng("dropout", "g"), rng("augment", "g")])
 
 
+def _score_text(monitor: str, v) -> str:
+    """A score as the leaderboard shows it: an accuracy to 3 places, a loss to 4."""
+    return _fmt(v, 4 if monitor_mode(monitor) == "min" else 3)
+
+
 def _fmt(v, spec=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -530,8 +576,3 @@ def _csv(v):
 def _what(cfg: TrainConfig) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in _WHERE}
 
-
-def _default_name(cfg: TrainConfig) -> str:
-    from ..training import _default_name
-
-    return _default_name(cfg)

@@ -1,0 +1,456 @@
+"""`retreino studio` for real: a studio subprocess on 127.0.0.1, Debian's Chromium driven by Playwright.
+
+- the project API on a real server: classes made, renamed, merged and deleted as folders; uploads
+  checked as `retreino serve` checks them; thumbnails cached; a corrupt image named by the grid;
+- the whole journey in the page, with real photos from ../shared: two classes, uploads, frames from
+  Chromium's fake camera, a 2-epoch training whose curve grows on the page, evaluation, a try, and
+  a TFLite download that the LiteRT interpreter loads and runs (screenshots go to docs/img/studio-*.png);
+- a 10,000-image project that opens and scrolls with no long task over 200 ms on the page's main thread;
+- a studio killed (SIGKILL) mid-training: its training dies with it, the reopened project lists the
+  run as interrupted, and Resume continues after the last finished epoch.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, link_or_copy, need_shared, real_images
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync",
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+SHOTS = ROOT / "docs" / "img"
+TINY = {"epochs": 2, "batch_size": 4}  # ~8 images a class: seconds per epoch on 2 busy cores
+
+
+class Studio:
+    """A `python -m retreino studio PROJECT --port 0` subprocess; its URL is read from its banner."""
+
+    def __init__(self, project: Path, *args: str, timeout: float = 60):
+        self.log_path = Path(tempfile.mkstemp(prefix="retreino-studio-", suffix=".log")[1])
+        cmd = [sys.executable, "-m", "retreino", "studio", str(project), "--port", "0", "--model", str(WATER_BOTTLES), *args]
+        with open(self.log_path, "wb") as log:  # a file, never a pipe nobody reads
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, "RETREINO_OFFLINE": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"page\s+(http://\S+)/", self.log)
+            if found:
+                self.url = found.group(1)
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"studio exited with {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"studio not up after {timeout} s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def api(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=120, **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def tiny_project(root: Path, n: int = 8) -> Path:
+    """root/{cats,dogs}/: n real training photos of each (hard links)."""
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for f in real_images("train", cls, n):
+            link_or_copy(f, root / cls / f.name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def open_page(browser, url: str, init_script: str | None = None):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True, permissions=["camera"])
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.requested = []
+    page.on("request", lambda req: page.requested.append(req.url))
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    return page
+
+
+def shot(page, name: str) -> None:
+    """A small PNG of the page for docs/studio.md (the viewport only: a few hundred KB at most)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"studio-{name}.png"))
+
+
+def count_of(page, cls: str) -> int:
+    return int(page.inner_text(f"#class-list li[data-class='{cls}'] .count"))
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "retreino studio: error: --port must be an int, in [0, 65535], got 70000"),
+    (["--max-file-mb", "0"], "retreino studio: error: --max-file-mb must be above 0, got 0.0"),
+])
+def test_bad_arguments_are_one_line_before_anything_heavy_loads(tmp_path, args, message):
+    code = ("import sys; from retreino.cli import main; rc = main(sys.argv[1:]); "
+            "heavy = [m for m in ('tensorflow', 'keras', 'fastapi', 'uvicorn') if m in sys.modules]; "
+            "assert not heavy, heavy; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "studio", str(tmp_path), *args], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == message
+
+
+def test_a_file_is_not_a_project(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "retreino", "studio", str(tmp_path / "notes.txt")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().endswith("not a folder (PROJECT_DIR is a folder of <class>/ sub-folders)")
+
+
+# ---- the project API on a real server ---------------------------------------------------------------
+
+
+def test_project_api_keeps_an_ordinary_data_folder(tmp_path):
+    need_shared()
+    project = tiny_project(tmp_path / "pets", n=3)
+    studio = Studio(project)
+    try:
+        assert studio.api("GET", "/api/classes").json() == [{"name": "cats", "count": 3}, {"name": "dogs", "count": 3}]
+        assert studio.api("POST", "/api/classes", json={"name": "birds"}).status_code == 201
+        assert (project / "birds").is_dir()
+        for bad in ("", ".hidden", "a/b", "..", "x" * 101):
+            r = studio.api("POST", "/api/classes", json={"name": bad})
+            assert r.status_code == 400 and r.json()["error"] == "bad_request", (bad, r.text)
+        assert studio.api("POST", "/api/classes", json={"name": "cats"}).status_code == 409
+
+        # uploads: serve's checks, a lying name fixed by the bytes, a non-image refused by name
+        cat = real_images("test", "cats", 1)[0]
+        r = studio.api("POST", "/api/classes/birds/images",
+                       files=[("files", ("photo.png", cat.read_bytes(), "image/png")),
+                              ("files", ("notes.txt", b"not a picture", "text/plain"))])
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["added"] == ["photo.jpg"] and body["count"] == 1  # JPEG bytes: saved as .jpg
+        assert [x["error"] for x in body["refused"]] == ["not_an_image"]
+        assert (project / "birds" / "photo.jpg").read_bytes() == cat.read_bytes()
+        r = studio.api("POST", "/api/classes/birds/images", files=[("files", ("big.jpg", b"\xff\xd8\xff" + b"0" * 11_000_000, "image/jpeg"))])
+        assert r.status_code == 413 and r.json()["error"] in ("file_too_large", "request_too_large")
+
+        # thumbnails are cached in the hidden folder; a corrupt image is named, not a crash
+        r = studio.api("GET", "/api/classes/birds/images/photo.jpg/thumb")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        from PIL import Image
+
+        assert Image.open(io.BytesIO(r.content)).size == (128, 128)
+        assert (project / ".retreino" / "thumbs" / "birds" / "photo.jpg.jpg").is_file()
+        (project / "birds" / "broken.jpg").write_bytes(cat.read_bytes()[:300])
+        r = studio.api("GET", "/api/classes/birds/images/broken.jpg/thumb")
+        assert r.status_code == 422 and r.json()["error"] == "corrupt_image", r.text
+        # check-data's problems come back tied to the images they concern (the grid marks those cells)
+        report = studio.api("POST", "/api/check").json()
+        flagged = {img: p["kind"] for p in report["problems"] for img in p["images"]}
+        assert flagged.get("birds/broken.jpg") == "corrupt", report
+        assert studio.api("GET", "/api/check").json()["problems"] == report["problems"]
+
+        # pages of names for the grid
+        page = studio.api("GET", "/api/classes/cats/images?offset=1&limit=1").json()
+        assert page["total"] == 3 and page["names"] == [sorted(p.name for p in (project / "cats").iterdir())[1]]
+
+        # rename, merge, delete: folders moved, nothing erased
+        assert studio.api("PATCH", "/api/classes/birds", json={"name": "other"}).json() == {"name": "other"}
+        r = studio.api("POST", "/api/classes/merge", json={"sources": ["other"], "into": "dogs"}).json()
+        assert r["moved"] == 2 and [c["name"] for c in r["classes"]] == ["cats", "dogs"]
+        assert (project / "dogs" / "photo.jpg").is_file() and not (project / "other").exists()
+        r = studio.api("DELETE", "/api/classes/dogs/images/photo.jpg")
+        assert r.json()["count"] == 4 and not (project / "dogs" / "photo.jpg").exists()
+        assert studio.api("DELETE", "/api/classes/cats").status_code == 200
+        assert not (project / "cats").exists() and any(p.name.startswith("cats.") for p in (project / ".retreino" / "trash").iterdir())
+        assert studio.api("GET", "/api/classes/nope/images").status_code == 404
+
+        # training refuses bad knobs before any job starts
+        (project / "cats").mkdir()
+        link_or_copy(cat, project / "cats" / cat.name)
+        r = studio.api("POST", "/api/train", json={"epochs": -1})
+        assert r.status_code == 400 and "epochs" in r.json()["detail"], r.text
+        r = studio.api("POST", "/api/train", json={"model": str(tmp_path / "missing.h5")})
+        assert r.status_code == 400 and "no such file" in r.json()["detail"]
+        assert studio.api("GET", "/api/runs").json() == {"runs": [], "job": None}
+        # none of this loaded TensorFlow into the studio: its work is for the jobs' own processes
+        maps = Path(f"/proc/{studio.proc.pid}/maps").read_text()
+        assert "tensorflow" not in maps and "onnxruntime" not in maps
+    finally:
+        studio.stop()
+
+
+# ---- the whole journey in a browser -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_whole_journey_in_chromium(tmp_path, browser):
+    need_shared()
+    project = tmp_path / "pets"
+    studio = Studio(project)
+    try:
+        page = open_page(browser, studio.url)
+
+        # 1. two classes, real photos in each, and a burst from the (fake) camera
+        for cls in ("cats", "dogs"):
+            page.fill("#new-class-name", cls)
+            page.click("#new-class-btn")
+            page.wait_for_selector(f"#class-list li[data-class='{cls}'].selected")
+            page.set_input_files("#file-input", [str(p) for p in real_images("train", cls, 8)])
+            wait_for(lambda: count_of(page, cls) == 8, 60, f"8 {cls} uploaded")
+        page.wait_for_selector("#grid .cell img")
+        page.click("#cam-start")
+        wait_for(lambda: page.evaluate("document.querySelector('#cam-video').readyState >= 2"), 30, "the camera")
+        page.hover("#cam-hold")
+        page.mouse.down()
+        wait_for(lambda: page.evaluate("parseInt(document.querySelector('#cam-count').textContent) >= 3"), 30, "3 frames",
+                 every=0.05)
+        page.mouse.up()
+        frames = wait_for(lambda: count_of(page, "dogs") - 8 if count_of(page, "dogs") > 8 else 0, 30, "camera frames saved")
+        webcam = sorted((project / "dogs").glob("webcam-*.jpg"))
+        assert len(webcam) == frames >= 3
+        from PIL import Image
+
+        assert Image.open(webcam[0]).size == (256, 256)
+        wait_for(lambda: page.locator("#grid .cell img").count() >= 8 + frames, 30, "the grid shows every image")
+        page.click("#check-btn")
+        page.wait_for_selector("#check-verdict:has-text('READY')")
+        shot(page, "data")
+        page.click("#cam-stop")
+
+        # 2. train 2 epochs: the curve grows on the page as epochs finish
+        page.click("#tab-train")
+        page.fill("#train-epochs", str(TINY["epochs"]))
+        page.fill("#train-batch", str(TINY["batch_size"]))
+        assert page.input_value("#train-model") == str(WATER_BOTTLES)
+        page.click("#train-btn")
+        seen, shot_taken = [], False
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            points = int(page.get_attribute("#curve-acc", "data-points") or 0)
+            if not seen or seen[-1] != points:
+                seen.append(points)
+                if points == 2:
+                    shot(page, "train")  # mid-run: the probe epoch and one fine-tuning epoch drawn
+                    shot_taken = True
+            if page.get_attribute("#job-status", "data-status") in ("done", "failed", "stopped"):
+                break
+            time.sleep(0.2)
+        assert page.get_attribute("#job-status", "data-status") == "done", page.inner_text("#log")
+        points = int(page.get_attribute("#curve-acc", "data-points"))
+        assert points == 1 + TINY["epochs"]  # the linear probe's epoch, then the fine-tuning epochs
+        assert len(seen) >= 3 and seen == sorted(seen), seen  # seen growing, not only drawn at the end
+        assert page.locator("#epochs tbody tr").count() == points
+        run = page.get_attribute("#run-title", "data-run")
+        assert page.locator(f"#runs li[data-run='{run}'][data-status='finished']").count() == 1
+        run_dir = project / ".retreino" / "runs" / run
+        assert (run_dir / "fine_tuned_model.keras").is_file()
+        if not shot_taken:
+            shot(page, "train")
+
+        # 3. evaluate: metrics, plots and the misclassified gallery from the run directory
+        page.click("#tab-evaluate")
+        page.click("#eval-btn")
+        page.wait_for_selector("#metric-accuracy", timeout=240_000)
+        accuracy = float(page.inner_text("#metric-accuracy"))
+        import json
+
+        assert accuracy == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["accuracy"], abs=1e-3)
+        page.wait_for_selector("#eval-plots img[data-file='confusion_matrix.png']")
+        assert page.locator("#eval-plots img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+        shot(page, "evaluate")
+
+        # 4. export TFLite and download it: the file loads in the LiteRT interpreter and classifies
+        page.click("#tab-export")
+        page.select_option("#export-format", "tflite")
+        page.click("#export-btn")
+        link = page.locator("#exports li[data-format='tflite'] a.download")
+        link.wait_for(timeout=300_000)
+        shot(page, "export")
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "download.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as zf:
+            names = zf.namelist()
+            assert "tflite/model.tflite" in names and "tflite/labels.txt" in names
+            model_bytes = zf.read("tflite/model.tflite")
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=model_bytes)
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        assert list(inp["shape"][1:]) == [224, 224, 3]
+        interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+        interpreter.invoke()
+        row = interpreter.get_tensor(out["index"])
+        # [2 probabilities | pooled features] when the run has an unknown detector (see retreino.ood)
+        assert row.shape[0] == 1 and row.shape[1] >= 2
+        assert float(row[0, :2].sum()) == pytest.approx(1.0, abs=1e-3)
+
+        # 5. try a held-out photo: the page shows what the API answers for it (with the TFLite export now:
+        # runtime auto picks the fastest export that passed its parity check)
+        page.click("#tab-try")
+        cat = real_images("test", "cats", 1)[0]
+        page.set_input_files("#try-input", str(cat))
+        card = page.locator(".try-card").first
+        card.wait_for(timeout=240_000)
+        expected = studio.api("POST", f"/api/runs/{run}/try", files={"files": (cat.name, cat.read_bytes(), "image/jpeg")}).json()
+        assert expected["runtime"] == "tflite", expected
+        expected = expected["predictions"][0]
+        assert card.get_attribute("data-class") == expected["class"] and expected["class"] in ("cats", "dogs", "unknown")
+        assert card.locator(".bar").count() == 2
+        page.click("#try-cam")  # a webcam frame goes the same way
+        wait_for(lambda: page.locator(".try-card").count() >= 2, 60, "the webcam frame's answer")
+        shot(page, "try")
+
+        foreign = [u for u in page.requested if not u.startswith((studio.url, "blob:", "data:"))]
+        assert not foreign, foreign
+    finally:
+        studio.stop()
+
+
+# ---- 10,000 images ---------------------------------------------------------------------------------------
+
+LONG_TASKS = """
+window.__longtasks = [];
+window.__longtaskStarts = [];
+new PerformanceObserver((list) => { for (const e of list.getEntries()) { window.__longtasks.push(e.duration); window.__longtaskStarts.push([Math.round(e.startTime), Math.round(e.duration)]); } })
+  .observe({ type: "longtask", buffered: true });
+"""
+
+
+def test_a_10000_image_project_opens_and_scrolls_without_blocking_the_page(tmp_path, browser):
+    need_shared()
+    project = tmp_path / "big"
+    photos = sorted((CATS_VS_DOGS / "train" / "cats").glob("*.jpg"))[:20] + sorted((CATS_VS_DOGS / "train" / "dogs").glob("*.jpg"))[:20]
+    for cls in ("cats", "dogs"):
+        (project / cls).mkdir(parents=True)
+    for i in range(10_000):
+        src = photos[i % len(photos)]
+        cls = "cats" if "cat" in src.name else "dogs"
+        link_or_copy(src, project / cls / f"{i:05d}-{src.name}")
+    studio = Studio(project)
+    try:
+        page = open_page(browser, studio.url, init_script=LONG_TASKS)
+        phases = {"ready": page.evaluate("Math.round(performance.now())")}  # when each step began, to place a long task
+        assert count_of(page, "cats") == 5_000 and count_of(page, "dogs") == 5_000
+        page.wait_for_selector("#grid .cell img")
+        page.hover("#grid")
+        phases["wheel"] = page.evaluate("Math.round(performance.now())")
+        for _ in range(40):  # a person scrolling with the wheel, fast
+            page.mouse.wheel(0, 1200)
+            page.wait_for_timeout(50)
+        page.evaluate("document.querySelector('#grid').scrollTop = 1e9")  # then straight to the end
+        last = max(p.name for p in (project / "cats").iterdir())
+        page.wait_for_selector(f"#grid .cell[data-name='{last}'] img")
+        phases["dogs"] = page.evaluate("Math.round(performance.now())")
+        page.click("#class-list li[data-class='dogs']")
+        page.wait_for_selector("#grid .cell[data-name^='00020-']")
+        for _ in range(20):
+            page.mouse.wheel(0, 3000)
+            page.wait_for_timeout(50)
+        page.wait_for_timeout(1000)  # let the last thumbnails arrive and be decoded
+        cells = page.locator("#grid .cell").count()
+        assert 0 < cells < 400, cells  # only the rows in view (and two either side) exist
+        tasks = page.evaluate("window.__longtasks")
+        assert max(tasks, default=0) < 200, (page.evaluate("window.__longtaskStarts"), phases)
+        # The measure can see a block: a 120 ms busy task in the page is reported.
+        page.evaluate("setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0)")
+        wait_for(lambda: len(page.evaluate("window.__longtasks")) > len(tasks), 10, "the control long task")
+        assert max(page.evaluate("window.__longtasks")) >= 110
+        print(f"\n10,000 images: {len(tasks)} long tasks, longest {max(tasks, default=0):.0f} ms; {cells} cells in the DOM")
+    finally:
+        studio.stop()
+
+
+# ---- a studio killed mid-training -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_killing_the_studio_mid_training_loses_at_most_the_epoch_in_progress(tmp_path, browser):
+    need_shared()
+    project = tiny_project(tmp_path / "pets")
+    studio = Studio(project)
+    runs = project / ".retreino" / "runs"
+    try:
+        r = studio.api("POST", "/api/train", json={"epochs": 6, "batch_size": 4, "patience": 20, "name": "killed"})
+        assert r.status_code == 202, r.text
+        run_dir = runs / "killed"
+        from retreino.runs import RunDir
+
+        wait_for(lambda: len(RunDir(run_dir).read_history()) >= 3, 300, "3 epochs recorded")
+        studio.proc.send_signal(signal.SIGKILL)
+        studio.proc.wait(10)
+    finally:
+        studio.stop()
+    from retreino.studio.jobs import run_busy
+
+    wait_for(lambda: not run_busy(run_dir), 30, "the training to die with the studio")
+    before = RunDir(run_dir).read_history()
+    state = RunDir(run_dir).read_state()
+    assert not state.finished and state.epoch == len(before) >= 3  # every finished epoch is on disk
+
+    studio = Studio(project)
+    try:
+        page = open_page(browser, studio.url)
+        page.click("#tab-train")
+        item = page.locator("#runs li[data-run='killed'][data-status='interrupted']")
+        item.wait_for()
+        shot(page, "resume")
+        item.locator("button.resume").click()
+        page.wait_for_selector("#job-status[data-kind='resume'][data-status='done']", timeout=300_000)
+        after = RunDir(run_dir).read_history()
+        assert RunDir(run_dir).read_state().finished
+        assert after[:len(before)] == before  # the epochs done before the kill were kept, not redone
+        assert [row["epoch"] for row in after] == list(range(1, 1 + 1 + 6))
+        assert int(page.get_attribute("#curve-acc", "data-points")) == len(after)
+        log = studio.api("GET", f"/api/jobs/{page.evaluate('state.job.id')}/log").text
+        assert f"Resuming {run_dir} after epoch {len(before)}" in log
+    finally:
+        studio.stop()
