@@ -5,8 +5,8 @@ For each starting model (the `water_bottles` Teachable Machine export, MobileNet
 (cats_vs_dogs with its own splits; flowers, 5 classes, split by the tool; cat_breeds, labels from
 labels.csv), three ways to train a classifier, each scored on the same untouched test split:
 
-- **notebook**: `retreino train --head-init warmup --resize stretch`, i.e. the defaults before
-  issue 15 (the notebook's settings: 3 head-only warm-up epochs at 1e-3, then the last 5 layers at
+- **notebook**: `retreino train --head-init warmup --resize stretch --tta off`, i.e. the defaults
+  before issue 15 (the notebook's settings: 3 head-only warm-up epochs at 1e-3, then the last 5 layers at
   1e-5 for 10 epochs with EarlyStopping / ReduceLROnPlateau / best checkpoint, photos stretched);
 - **linear probe**: scikit-learn `LogisticRegression` on the backbone's pooled features (photos
   fitted by the model's own contract: center crop for Teachable Machine), C chosen on the
@@ -56,7 +56,7 @@ def linear_probe(backbone: dict, data: str) -> dict:
     from retreino.preprocessing import scale_pixels_np
     from retreino.recipe import C_GRID, _full_probs, fit_probe
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     loaded = load_model(backbone["model"], weights=backbone.get("weights"))
     info = loaded.info
     features = feature_extractor(loaded.model)
@@ -71,23 +71,23 @@ def linear_probe(backbone: dict, data: str) -> dict:
     (tx, ty), (vx, vy) = pooled(ds.train), pooled(ds.validation)
     n = len(ds.class_names)
     lr, c, _ = fit_probe(tx, ty, vx, vy, n, grid=C_GRID)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ex, ey = pooled(ds.test)
     m = compute_metrics(ey, _full_probs(lr, ex, n), list(ds.class_names))
-    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "C": c, "resize": info.resize}
+    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "cpu_s": cpu, "C": c, "resize": info.resize}
 
 
 def retreino_run(backbone: dict, data: str, runs: Path, name: str, **overrides) -> dict:
     from retreino import evaluate, train
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run = train(model=backbone["model"], weights=backbone.get("weights"), data=data, runs_dir=str(runs), name=name,
                 printer=None, **overrides)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     m = evaluate(run=run.dir, progress=False, report=False).metrics
     best = run.history[run.best_epoch - 1] if run.best_epoch else {}
-    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "best_epoch": run.best_epoch,
-            "epochs": len(run.history), "best_phase": best.get("phase")}
+    return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "cpu_s": cpu, "best_epoch": run.best_epoch,
+            "epochs": len(run.history), "best_phase": best.get("phase"), "tta": run.best_model.info.tta}
 
 
 def measure(method: str, bb: str, dname: str, runs: Path) -> dict:
@@ -95,7 +95,8 @@ def measure(method: str, bb: str, dname: str, runs: Path) -> dict:
     if method == "probe":
         return linear_probe(backbone, data)
     if method == "notebook":
-        return retreino_run(backbone, data, runs, f"{bb}-{dname}-notebook", head_init="warmup", resize="stretch")
+        return retreino_run(backbone, data, runs, f"{bb}-{dname}-notebook", head_init="warmup", resize="stretch",
+                            tta="off")
     return retreino_run(backbone, data, runs, f"{bb}-{dname}-defaults")
 
 
@@ -103,13 +104,14 @@ def table(results: list[dict]) -> str:
     rows = {}
     for r in results:
         rows.setdefault((r["backbone"], r["data"]), {})[r["method"]] = r
-    lines = ["| starting model | data | notebook's recipe: acc / loss / wall | linear probe: acc / loss / wall "
-             "| `retreino train` defaults: acc / loss / wall |", "|---|---|---|---|---|"]
+    lines = ["| starting model | data | notebook's recipe: acc / loss / wall / CPU | linear probe: acc / loss / wall / CPU "
+             "| `retreino train` defaults: acc / loss / wall / CPU |", "|---|---|---|---|---|"]
     for (bb, dname), by in rows.items():
         cells = []
         for method in METHODS:
             r = by.get(method)
-            cells.append(f"{r['accuracy']:.3f} / {r['loss']:.3f} / {r['wall_s']:.0f} s" if r else "-")
+            cpu = f" / {r['cpu_s']:.0f} s" if r and r.get("cpu_s") is not None else ""
+            cells.append(f"{r['accuracy']:.3f} / {r['loss']:.4f} / {r['wall_s']:.0f} s{cpu}" if r else "-")
         lines.append(f"| {bb} | {dname} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -34,8 +34,8 @@ def test_keras_applications_backbone_declares_stretch():
 
 @pytest.fixture(scope="module")
 def crop_run(tmp_path_factory):
-    """`retreino train --resize crop` (tiny subset, linear probe + 1 epoch) on a MobileNetV2 backbone,
-    whose own contract is stretch: the override must win and travel with the model."""
+    """`retreino train --resize crop --tta on` (tiny subset, linear probe + 1 epoch) on a MobileNetV2
+    backbone, whose own contract is stretch: the override must win and travel with the model."""
     from retreino import train
     from retreino.config import AugmentConfig
 
@@ -44,7 +44,7 @@ def crop_run(tmp_path_factory):
     data = cats_vs_dogs_subset(root / "data", train=10, validation=5, test=5)
     return train(model="mobilenet_v2", weights=str(MOBILENET_WEIGHTS), data=str(data), epochs=1,
                  runs_dir=str(root / "runs"), name="crop", resize="crop", accelerate="off",
-                 augment=AugmentConfig.off(), printer=None)
+                 augment=AugmentConfig.off(), tta="on", printer=None)
 
 
 @pytest.mark.slow
@@ -61,6 +61,7 @@ def test_resize_override_is_saved_and_used_by_predict_serve_and_export(crop_run,
     assert [r["phase"] for r in crop_run.history] == ["linear-probe", "finetune"]
     loaded = load_model(crop_run.dir / "fine_tuned_model.keras")
     assert loaded.info.resize == "crop"
+    assert loaded.info.tta == "flip"  # --tta on travels too: every check below includes the mirrored pass
     photo = _widest(real_images("test", "cats", 20) + real_images("test", "dogs", 20))
     size = loaded.info.input_size
     cropped = read_image(photo, size, "crop", loaded.info.interpolation)

@@ -40,6 +40,7 @@ BAD_FLAGS = [
     ("--brightness", "3", "--brightness must be in [0, 1], got 3.0"),
     ("--contrast", "-1", "--contrast must be in [0, 1], got -1.0"),
     ("--head-init", "probe", "unknown --head-init 'probe': use linear-probe or warmup"),
+    ("--tta", "yes", "unknown --tta 'yes': use auto, off or on"),
 ]
 BAD_CONFIG = [
     ("monitor", "val_acc", "unknown monitor 'val_acc': use accuracy, loss, val_accuracy or val_loss"),

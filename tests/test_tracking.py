@@ -19,7 +19,7 @@ def tracked_run(tmp_path_factory):
     data = cats_vs_dogs_subset(tmp / "data", train=8, validation=4)
     uri = tmp / "mlruns"
     rc = main(["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp / "runs"),
-               "--name", "tracked", "--epochs", "1", "--warmup-epochs", "1", "--head-init", "warmup", "--batch-size", "8",
+               "--name", "tracked", "--epochs", "1", "--batch-size", "8",
                "--tensorboard", "--mlflow", str(uri)])
     assert rc == 0
     run_dir = tmp / "runs" / "tracked"
@@ -34,7 +34,7 @@ def test_tensorboard_event_files_hold_every_epoch(tracked_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir, _, history = tracked_run
-    assert len(history) == 2  # warm-up + fine-tune
+    assert [row["phase"] for row in history] == ["linear-probe", "finetune"]
     for split, prefix in (("train", ""), ("validation", "val_")):
         acc = EventAccumulator(str(run_dir / "tensorboard" / split))
         acc.Reload()

@@ -72,6 +72,7 @@ TRAIN_CONSTRAINTS: dict[str, list] = {
     "distribute": [StrOptions(DISTRIBUTE, internal={"none", ""}), NONE],
     "tensorboard": [BOOL],
     "head_init": [StrOptions({"linear-probe", "warmup"})],  # recipe.HEAD_INITS
+    "tta": [StrOptions({"auto", "on", "off"})],  # tta.TTA_CHOICES
 }
 
 
@@ -189,6 +190,7 @@ class TrainConfig:
 
     # Beyond the notebook.
     head_init: str = "linear-probe"  # a new head: linear-probe (fit on frozen features, LP-FT) | warmup (epochs)
+    tta: str = "auto"  # flip test-time augmentation: auto (decided on validation) | on | off; see retreino.tta
     warmup_epochs: int = 3  # head-only epochs when the head is new
     warmup_learning_rate: float = 1e-3
     dropout: float = 0.0  # before a new head

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tta
 from .errors import RetreinoError
 
 UNKNOWN_FILE = "unknown.npz"
@@ -212,12 +213,12 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     units = head_units(info, int(loaded.model.output_shape[-1]))
     both = with_features(loaded.model)
 
-    def forward(ds):
+    def forward(ds, flip: bool = False):
         from .inference.predictor import head_probabilities
 
         outs, labels = [], []
         for x, y in ds:
-            outs.append(np.asarray(both(x, training=False)))
+            outs.append(np.asarray(both(tta.flip_pixels(x) if flip else x, training=False)))
             y = np.asarray(y)
             labels.append(y.argmax(axis=1) if y.ndim == 2 else y.astype(np.int64).reshape(-1))
         probs, feats = head_probabilities(np.concatenate(outs), info.head, units)
@@ -226,9 +227,16 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     trainer.printer("Calibrating: temperature and unknown detector from the training and validation features")
     _, train_f, train_y = forward(train_ds)
     val_p, val_f, val_y = forward(val_ds)
+    # Flip TTA first: the temperature calibrates the answers predictions will really give.
+    choice = getattr(trainer.cfg, "tta", "auto")
+    mirrored = forward(val_ds, flip=True)[0] if choice != "off" else val_p
+    info.tta, tta_record = tta.decide(choice, val_p, mirrored, val_y)
+    trainer.printer(tta.describe(tta_record))
+    if info.tta:
+        val_p = tta.average(val_p, mirrored)
     state = runs.RunDir(run_dir).read_state()
     oof = None
-    if _best_is_probe(run_dir, state):
+    if _best_is_probe(run_dir, state) and not info.tta:  # out-of-fold answers are single-pass ones
         oof = probe_out_of_fold(train_f, train_y, val_f, val_y, val_p, len(info.class_names),
                                 c=state.extra.get("probe_c"))
     if oof is not None:  # the head is the linear probe: T from its out-of-fold train + validation probabilities
@@ -246,7 +254,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
         save_model(loaded, run_dir / runs.BEST_H5, write_labels=False)
     from .calibration import apply_temperature
 
-    record = {"temperature": temperature, "fit": check,
+    record = {"temperature": temperature, "fit": check, "tta": tta_record,
               "validation_ece_before": expected_calibration_error(val_p, val_y),
               "validation_ece_after": expected_calibration_error(apply_temperature(val_p, temperature), val_y),
               "unknown": info.unknown}

@@ -17,6 +17,8 @@ OPTIONS = {
     "--warmup-epochs": ("warmup_epochs", int, f"head-only epochs when the head is new; 0 turns it off (default {_D.warmup_epochs})"),
     "--head-init": ("head_init", str, "a new head starts as: linear-probe (default: logistic regression on the frozen "
                     "features, then fine-tuning) | warmup (--warmup-epochs head-only epochs, the old way)"),
+    "--tta": ("tta", str, "flip test-time augmentation saved with the model: auto (default: on when it lowers the "
+              "validation loss without losing validation accuracy) | on | off"),
     "--warmup-lr": ("warmup_learning_rate", float, f"(default {_D.warmup_learning_rate:g})"),
     "--dropout": ("dropout", float, "dropout before a new head (default 0)"),
     "--class-weight": ("class_weight", str, "'balanced' weighs classes by inverse frequency"),

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .. import safety
+from .. import safety, tta
 from ..data.images import read_image
 from ..errors import RetreinoError
 from ..models.info import LoadedModel, ModelInfo
@@ -126,6 +126,10 @@ class Predictor:
 
         raw, features = head_probabilities(self.backend(model_input(pixels, self.info)), self.info.head,
                                            self._head_units)
+        if getattr(self.info, "tta", None) == tta.FLIP:  # the model's own test-time augmentation (retreino.tta)
+            mirrored, _ = head_probabilities(self.backend(model_input(tta.flip_pixels(np.asarray(pixels)), self.info)),
+                                             self.info.head, self._head_units)
+            raw = tta.average(raw, mirrored)
         safety.check_finite_outputs(raw, self.info.source or "the model")  # never a `nan%`
         scores = self.unknown.score(features) if (self.unknown is not None and features is not None) else None
         return {"probabilities": apply_temperature(raw, self.info.temperature), "raw": raw, "unknown_score": scores}

@@ -39,6 +39,7 @@ class ModelInfo:
     resize: str = "stretch"  # stretch | crop | pad
     interpolation: str = "bilinear"  # bilinear | lanczos | bicubic | nearest
     temperature: float | None = None  # temperature scaling fitted on validation (retreino.calibration)
+    tta: str | None = None  # test-time augmentation every prediction applies: "flip" or None (retreino.tta)
     unknown: dict[str, Any] | None = None  # out-of-distribution detector: method, threshold, file (retreino.ood)
 
     @property
