@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,23 @@ def serve_server():
         yield server
     finally:
         server.stop()
+
+
+# ---- headless Chromium (Debian's package), for every browser test ---------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium(extra_args=()):
+    """One headless Chromium, closed on the way out (Playwright's sync API allows one running instance per thread)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS + list(extra_args))
+        try:
+            yield b
+        finally:
+            b.close()

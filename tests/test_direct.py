@@ -154,8 +154,8 @@ def test_serve_page_shows_full_class_names_that_share_a_prefix(retrained_exports
 
     from playwright.sync_api import sync_playwright
 
+    from conftest import CHROMIUM, CHROMIUM_ARGS
     from test_serve import start_server
-    from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
 
     names = ["American Wirehair (long-haired variety)", "American Shorthair (short-haired variety)"]
     export = tmp_path / "breeds-onnx"

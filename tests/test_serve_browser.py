@@ -9,19 +9,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import real_images
+from conftest import chromium, real_images
 from test_serve import CLASSES
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +21,8 @@ def server(serve_server):
 @pytest.fixture(scope="module")
 def browser():
     """One headless Chromium for the module (Playwright's sync API allows one running instance per thread)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,9 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, link_or_copy, need_shared, real_images
+from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, chromium, link_or_copy, need_shared, real_images
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # Chromium's test camera, no prompt
 SHOTS = ROOT / "docs" / "img"
 TINY = {"epochs": 2, "batch_size": 4}  # ~8 images a class: seconds per epoch on 2 busy cores
 
@@ -95,14 +92,8 @@ def tiny_project(root: Path, n: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium(FAKE_CAMERA) as b:
+        yield b
 
 
 def open_page(browser, url: str, init_script: str | None = None):

@@ -17,10 +17,10 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import chromium
 from retreino import load_model
 from retreino.cli import main
 from test_serve import free_port
-from test_serve_browser import CHROMIUM, CHROMIUM_ARGS
 from tfjs_helpers import TFJS_EXPORTS, node_modules, parity_photos, tm_pixels
 
 pytestmark = pytest.mark.slow
@@ -73,14 +73,8 @@ def server(exported):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _browser_page(browser, url):

@@ -181,6 +181,26 @@ def decode_error(filename: str, exc: DataError) -> UploadError:
     return UploadError(422, "corrupt_image", f"{filename}: the image cannot be decoded, it is corrupt or truncated ({reason})")
 
 
+def install_json_errors(app: FastAPI) -> None:
+    """Every error a client can meet answers as `{"error": code, "detail": text}`, never an HTML page or a trace.
+
+    Shared by `retreino serve` and `retreino studio`, so both APIs speak the same error shape.
+    """
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": "invalid_request", "detail": str(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+
 def create_app(predictor, settings: ServeSettings | None = None, model_file: str | None = None, class_names: list[str] | None = None) -> FastAPI:
     """The service for one `retreino.inference.Predictor`; `class_names` are display names in class order."""
     settings = settings or ServeSettings()
@@ -221,18 +241,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
     async def _upload_error(request: Request, exc: UploadError):
         return JSONResponse({"error": exc.code, "detail": exc.message}, status_code=exc.status)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "invalid_request", "detail": str(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):
-        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+    install_json_errors(app)
 
     # ---- the page --------------------------------------------------------------------------
 

@@ -32,16 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..atomic import read_json, write_json
 from ..errors import DataError, RetreinoError
 from ..runs import RunDir, folder_name, read_csv_rows
-from ..serve.app import decode_error
+from ..serve.app import decode_error, install_json_errors
 from ..serve.uploads import UploadError, check_request_pixels, read_uploads
 from .jobs import JobRunner, describe_run, list_runs
 from .project import Project, ProjectError, check_name
@@ -112,18 +110,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
     async def _retreino_error(request: Request, exc: RetreinoError):  # a bad setting, a model that cannot load
         return JSONResponse({"error": "refused", "detail": str(exc)}, status_code=400)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": str(exc.detail)}, status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": "invalid_request", "detail": str(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):
-        return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+    install_json_errors(app)  # the same error shape as `retreino serve`
 
     async def body(request: Request) -> dict:
         try:
