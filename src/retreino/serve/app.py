@@ -281,6 +281,20 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
             "explain": can_explain,
         }
 
+    async def decode_uploads(uploads) -> list[np.ndarray]:
+        """Decode every upload on the decoder threads, in parallel; the first unreadable one refuses the request."""
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode) for u in uploads),
+            return_exceptions=True,
+        )
+        for upload, result in zip(uploads, decoded):
+            if isinstance(result, DataError):
+                raise decode_error(upload.filename, result)
+            if isinstance(result, BaseException):
+                raise result
+        return decoded
+
     @app.post(
         "/predict",
         response_model=PredictResponse,
@@ -299,16 +313,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         check_request_pixels(uploads)  # before any decode: pixels cost CPU (see retreino.safety docs)
         if batcher.pending + len(uploads) > settings.max_queue:
             raise UploadError(503, "busy", f"{batcher.pending} images are waiting for the model: retry in a moment")
-        loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode) for u in uploads),
-            return_exceptions=True,
-        )
-        for upload, result in zip(uploads, decoded):
-            if isinstance(result, DataError):
-                raise decode_error(upload.filename, result)
-            if isinstance(result, BaseException):
-                raise result
+        decoded = await decode_uploads(uploads)
         names = [u.filename for u in uploads]
         del uploads  # drop the raw bytes while waiting for the model: under load this adds up
         probs = await asyncio.gather(*(batcher.submit(px) for px in decoded))
@@ -338,11 +343,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         check_request_pixels(uploads)
         loop = asyncio.get_running_loop()
         answers = []
-        for u in uploads:
-            try:
-                pixels = await loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode)
-            except DataError as exc:
-                raise decode_error(u.filename, exc) from None
+        for u, pixels in zip(uploads, await decode_uploads(uploads)):
             e = await loop.run_in_executor(explainer, _explain_one, predictor, pixels)
             answers.append({"file": u.filename, "class": classes[e.class_index] if e.class_index < len(classes)
                             else e.class_name, "probability": e.probability, "layer": e.layer,
