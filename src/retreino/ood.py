@@ -236,7 +236,9 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
         val_p = tta.average(val_p, mirrored)
     state = runs.RunDir(run_dir).read_state()
     oof = None
-    if _best_is_probe(run_dir, state) and not info.tta:  # out-of-fold answers are single-pass ones
+    # Out-of-fold answers are single-pass ones of a probe fitted on the training photos alone: not for a
+    # flip-averaged model, nor for a probe that also learnt from mirrored copies (its folds would differ).
+    if _best_is_probe(run_dir, state) and not info.tta and not state.extra.get("probe_mirrored"):
         oof = probe_out_of_fold(train_f, train_y, val_f, val_y, val_p, len(info.class_names),
                                 c=state.extra.get("probe_c"))
     if oof is not None:  # the head is the linear probe: T from its out-of-fold train + validation probabilities

@@ -145,6 +145,7 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
     logs = {k: float(np.float32(v)) for k, v in logs.items()}
     state.extra["best_val_loss"] = logs["val_loss"]  # RunRecorder: a later epoch must not be worse in loss either
     state.extra["probe_c"] = float(c)  # ood.fit_after_training refits this probe out of fold to fit T
+    state.extra["probe_mirrored"] = mirrored  # its folds would need the mirrored copies too: ood skips them
     trainer.freeze("warmup")
     trainer.compile(model, 0.0)  # RunRecorder reads a learning rate; no gradient step is taken here
     recorder = RunRecorder(trainer.run_dir, trainer.save_best, history, state, PHASE, NanGuard(), monitor=cfg.monitor)
