@@ -216,6 +216,73 @@ def test_project_api_keeps_an_ordinary_data_folder(tmp_path):
         studio.stop()
 
 
+def lambda_h5(tmp_path: Path) -> Path:
+    """Teachable Machine's water_bottles H5 with its pooling layer turned into a Lambda (code that loading would run)."""
+    import json
+
+    import h5py
+
+    path = tmp_path / "sneaky.h5"
+    path.write_bytes((WATER_BOTTLES / "keras_model.h5").read_bytes())
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        pool = config["config"]["layers"][1]["config"]["layers"][2]
+        pool["class_name"] = "Lambda"
+        pool["config"] = {"name": "sneaky", "function": ["4wAAAAAAAAAA", None, None], "function_type": "lambda",
+                          "module": "builtins", "output_shape": None, "arguments": {}}
+        f.attrs["model_config"] = json.dumps(config)
+    return path
+
+
+def test_a_dropped_starting_model_is_checked_before_it_is_offered(tmp_path):
+    need_shared()
+    project = tiny_project(tmp_path / "pets", n=2)
+    studio = Studio(project)
+    models = project / ".retreino" / "models"
+    tfjs = ROOT.parent / "shared" / "models" / "teachable_machine_tfjs" / "leaves"
+    try:
+        def send(*paths: Path, name: str | None = None):
+            files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
+            return studio.api("POST", "/api/models" + (f"?name={name}" if name else ""), files=files)
+
+        # refused, each with one line and nothing kept: code in a layer, bytes that are no model, a stray file type
+        r = send(lambda_h5(tmp_path))
+        assert r.status_code == 422 and r.json()["error"] == "bad_model", r.text
+        detail = r.json()["detail"]
+        assert "\n" not in detail and "Lambda 'sneaky'" in detail and "sneaky.h5" in detail and ".upload-" not in detail
+        junk = tmp_path / "junk.h5"
+        junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 200)
+        r = send(junk)
+        assert r.status_code == 422 and "\n" not in r.json()["detail"] and "junk.h5" in r.json()["detail"], r.text
+        notes = tmp_path / "notes.exe"
+        notes.write_bytes(b"MZ")
+        assert send(notes).json()["error"] == "not_a_model"
+        assert [p.name for p in models.iterdir()] == []  # no staging folder left behind
+        assert studio.api("GET", "/api/models").json() == {"models": []}
+
+        # a Teachable Machine Keras export and a TF.js one: kept under .retreino/models/, never seen as a class
+        r = send(WATER_BOTTLES / "keras_model.h5", WATER_BOTTLES / "labels.txt", name="bottles")
+        assert r.status_code == 201, r.text
+        kept = r.json()["model"]
+        assert kept["name"] == "bottles" and kept["classes"] == ["5 Galoon", "500ML"] and kept["format"] == "teachable-machine"
+        assert Path(kept["path"]) == models / "bottles" / "keras_model.h5"
+        r = send(tfjs / "model.json", tfjs / "weights.bin", tfjs / "metadata.json")
+        assert r.status_code == 201, r.text
+        leaves = r.json()["model"]
+        assert leaves["classes"] == ["diseased leaves", "healthy leaves"] and leaves["format"] == "teachable-machine-tfjs"
+        assert leaves["name"] == "tm-my-image-model"
+        listed = studio.api("GET", "/api/project").json()
+        assert [m["name"] for m in listed["models"]] == ["tm-my-image-model", "bottles"]
+        assert [c["name"] for c in listed["classes"]] == ["cats", "dogs"]
+        # a model for this project, whatever it was trained on: the train form accepts its path
+        r = studio.api("POST", "/api/train", json={"model": kept["path"], "epochs": -1})
+        assert r.status_code == 400 and "epochs" in r.json()["detail"], r.text
+        maps = Path(f"/proc/{studio.proc.pid}/maps").read_text()
+        assert "tensorflow" not in maps  # the models were opened by child processes
+    finally:
+        studio.stop()
+
+
 # ---- the whole journey in a browser -------------------------------------------------------------------
 
 

@@ -8,11 +8,15 @@
     GET    /api/classes/{c}/images?offset=&limit=   one page of image names (the grid asks for what it shows)
     POST   /api/classes/{c}/images            multipart images (serve's upload limits and checks)
     GET    /api/classes/{c}/images/{name}/thumb     cached thumbnail; DELETE /api/classes/{c}/images/{name}
+    GET    /api/models                        starting models dropped on the page (studio/models.py)
+    POST   /api/models?name=                  multipart model files: kept once `retreino inspect` opens them
     GET    /api/runs                          every run of the project, with history and status
     POST   /api/train {model, epochs, ...}    `retreino train` job; POST /api/runs/{r}/resume, /evaluate, /export
     POST   /api/jobs/stop                     stop the running job (training keeps every finished epoch)
     GET    /api/events                        server-sent events: the job and its run, twice a second while it changes
     GET    /api/runs/{r}/evaluation           metrics, plots and the misclassified images of the last evaluate
+    GET    /api/runs/{r}/gradcam/{c}/{name}   the Grad-CAM overlay of a project image (the run's Keras model), cached
+    POST   /api/runs/{r}/label-issues         `retreino check-data PROJECT --model RUN` job; GET: its suspects
     POST   /api/runs/{r}/try                  classify uploaded images with the run's model (serve's predictor)
     GET    /api/runs/{r}/exports/{fmt}.zip    download an export folder
 
@@ -42,6 +46,7 @@ from ..runs import RunDir, folder_name, read_csv_rows
 from ..serve.app import decode_error, install_json_errors
 from ..serve.uploads import UploadError, check_request_pixels, read_uploads
 from .jobs import JobRunner, describe_run, list_runs
+from .models import add_model, list_models
 from .project import Project, ProjectError, check_name
 
 STATIC = Path(__file__).parent / "static"
@@ -55,6 +60,7 @@ RUN_FILES = {"learning_curves.png", "confusion_matrix.png", "misclassified.png",
              "reliability.png", "metrics.json", "classification_report.txt", "predictions.csv", "report.html"}
 EVENT_TICK_S = 0.5
 MISCLASSIFIED_SHOWN = 200
+LABEL_ISSUES_SHOWN = 200
 
 
 @dataclass
@@ -64,6 +70,7 @@ class StudioSettings:
     model: str | None = None
     max_file_mb: float = 10.0
     max_files: int = 16  # per upload request: the page sends bigger drops in several requests
+    max_model_mb: float = 200.0  # a dropped starting model, per file (a fine-tuned MobileNetV2 .keras is ~30 MB)
     default_epochs: int = 10
     default_lr: float = 1e-5
     default_unfreeze: int = 5
@@ -73,6 +80,10 @@ class StudioSettings:
     def max_file_bytes(self) -> int:
         return int(self.max_file_mb * 1_000_000)
 
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mb * 1_000_000)
+
 
 def create_app(project: Project | str, settings: StudioSettings | None = None) -> FastAPI:
     project = project if isinstance(project, Project) else Project(project)
@@ -80,7 +91,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
     runner = JobRunner(project.runs_dir, project.jobs_dir)
     io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="studio-io")  # decoding, thumbnails
     model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-model")  # Try: one model at a time
-    predictors: dict[str, tuple[float, object]] = {}  # run name -> (best model mtime, Predictor)
+    predictors: dict[tuple[str, str], tuple[float, object]] = {}  # (run, runtime) -> (best model mtime, Predictor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -145,8 +156,9 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             "name": project.root.name, "root": str(project.root), "classes": project.classes(),
             "defaults": {"model": settings.model, "epochs": settings.default_epochs, "learning_rate": settings.default_lr,
                          "unfreeze": settings.default_unfreeze, "batch_size": settings.default_batch_size},
-            "backbones": sorted(BACKBONES), "formats": list(FORMATS),
-            "limits": {"max_file_mb": settings.max_file_mb, "max_files": settings.max_files},
+            "backbones": sorted(BACKBONES), "formats": list(FORMATS), "models": list_models(project.models_dir),
+            "limits": {"max_file_mb": settings.max_file_mb, "max_files": settings.max_files,
+                       "max_model_mb": settings.max_model_mb},
             "version": __version__,
         }
 
@@ -224,6 +236,22 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
     @app.get("/api/check")
     async def last_check():
         return read_json(project.hidden / "check.json", default={"problems": [], "verdict": None})
+
+    # ---- starting models dropped on the page --------------------------------------------------------
+    @app.get("/api/models")
+    async def get_models():
+        return {"models": list_models(project.models_dir)}
+
+    @app.post("/api/models", status_code=201)
+    async def upload_model(request: Request, name: str | None = None):
+        uploads = await read_uploads(request, settings.max_model_bytes, settings.max_files)
+        files: dict[str, bytes] = {}
+        for u in uploads:
+            if u.filename in files:
+                raise ProjectError(f"{u.filename} was sent twice")
+            files[u.filename] = u.data
+        # A child process opens it (seconds: it imports TensorFlow); the pool keeps the event loop free meanwhile.
+        return {"model": await in_pool(add_model, project.models_dir, files, name)}
 
     # ---- runs and jobs ---------------------------------------------------------------------------
     @app.get("/api/runs")
@@ -310,6 +338,33 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             raise ProjectError(f"run {name} has not been evaluated yet", 404, "not_evaluated")
         return await in_pool(_evaluation, project, run)
 
+    @app.get("/api/runs/{name}/gradcam/{cls}/{image}")
+    async def gradcam(name: str, cls: str, image: str):
+        run = run_dir(name)
+        if not run.best_keras.is_file():
+            raise ProjectError(f"run {name} has no model yet: train it first", 409, "no_model")
+        path = await in_pool(_gradcam, project, run, cls, image, predictors, pool=model_pool)
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/runs/{name}/label-issues", status_code=202)
+    async def find_label_issues(name: str):
+        run = run_dir(name)
+        if not run.best_keras.is_file():
+            raise ProjectError(f"run {name} has no model yet: train it first", 409, "no_model")
+        counts = [c["count"] for c in project.classes() if c["count"]]
+        if len(counts) < 2:
+            raise ProjectError("finding wrong labels needs at least two classes with images", 409, "too_few_classes")
+        out = run.path / "label_issues"
+        out.mkdir(exist_ok=True)
+        # The out-of-fold head needs every class in every fold: a tiny class lowers the folds, never below 2.
+        folds = max(2, min(5, min(counts)))
+        args = ["check-data", str(project.root), "--model", str(run.path), "--out", str(out), "--folds", str(folds)]
+        return {"job": runner.start("label-issues", run.path.name, args).to_dict()}
+
+    @app.get("/api/runs/{name}/label-issues")
+    async def label_issues(name: str):
+        return await in_pool(_label_issues, project, run_dir(name))
+
     @app.post("/api/runs/{name}/try")
     async def try_images(name: str, request: Request):
         run = run_dir(name)
@@ -317,7 +372,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             raise ProjectError(f"run {name} has no model yet: train it first", 409, "no_model")
         uploads = await read_uploads(request, settings.max_file_bytes, settings.max_files)
         check_request_pixels(uploads)
-        predictor = await in_pool(_predictor, run, predictors, pool=model_pool)
+        predictor = await in_pool(_predictor, run, predictors, "auto", pool=model_pool)
         out = []
         for u in uploads:
             out.append(await in_pool(_predict_one, predictor, u.filename, u.data, pool=model_pool))
@@ -433,38 +488,85 @@ def _without_warnings(lines: list[str]) -> list[str]:
     return [ln for ln in lines if not re.search(r"\w+Warning: |^\s+warnings\.warn\(|^\s*warnings\.warn\(msg\)", ln)]
 
 
+def _project_image(project: Project, path: str) -> tuple[str, str] | None:
+    """(class, name) of a path inside the project's `<class>/<file>` layout (a thumbnail the page can show), else None."""
+    try:
+        rel = (project.root / path).resolve().relative_to(project.root)
+    except (ValueError, OSError):
+        return None
+    return (rel.parts[0], rel.parts[1]) if len(rel.parts) == 2 else None
+
+
 def _evaluation(project: Project, run: RunDir) -> dict:
     metrics = run.read_json("metrics.json")
-    wrong = []
+    wrong, right = [], []
     for row in read_csv_rows(run.file("predictions.csv")):
-        if row.get("error") or row.get("true") == row.get("predicted"):
+        where = None if row.get("error") else _project_image(project, row["path"])
+        if where is None:
             continue
-        path = Path(row["path"])
-        try:
-            rel = path.resolve().relative_to(project.root)
-        except ValueError:
-            continue
-        if len(rel.parts) == 2:  # <class>/<file>: a thumbnail the grid can show
-            wrong.append({"class": rel.parts[0], "name": rel.parts[1], "true": row["true"], "predicted": row["predicted"],
-                          "confidence": float(row.get("confidence") or 0)})
+        item = {"class": where[0], "name": where[1], "true": row["true"], "predicted": row["predicted"],
+                "confidence": float(row.get("confidence") or 0)}
+        (right if row.get("true") == row.get("predicted") else wrong).append(item)
     wrong.sort(key=lambda w: -w["confidence"])  # the most confident mistakes first: likeliest label errors
+    right.sort(key=lambda w: w["confidence"])  # the least sure right answers first: the nearest to a mistake
     files = [f for f in ("confusion_matrix.png", "misclassified.png", "reliability.png", "predictions_scatter.png",
                          "learning_curves.png") if run.file(f).is_file()]
     keep = ("n", "accuracy", "loss", "roc_auc", "per_class", "confusion_matrix", "class_names", "calibration")
     return {"run": run.path.name, "metrics": {k: metrics[k] for k in keep if k in metrics}, "files": files,
-            "misclassified": wrong[:MISCLASSIFIED_SHOWN], "misclassified_total": len(wrong)}
+            "misclassified": wrong[:MISCLASSIFIED_SHOWN], "misclassified_total": len(wrong),
+            "correct": right[:MISCLASSIFIED_SHOWN], "correct_total": len(right)}
 
 
-def _predictor(run: RunDir, cache: dict):
-    """serve's Predictor for the run's best model, loaded once per model file (in the model thread)."""
+def _predictor(run: RunDir, cache: dict, runtime: str = "auto"):
+    """serve's Predictor for the run's best model, loaded once per model file and runtime (in the model thread).
+
+    Try asks for runtime auto (an export once one passed its parity check), Grad-CAM for keras (gradients)."""
     from ..inference import open_predictor
 
     stamp = run.best_keras.stat().st_mtime
-    hit = cache.get(run.path.name)
+    key = (run.path.name, runtime)
+    hit = cache.get(key)
     if hit is None or hit[0] != stamp:
-        cache.clear()  # one model in memory at a time
-        cache[run.path.name] = (stamp, open_predictor(str(run.path), runtime="auto"))
-    return cache[run.path.name][1]
+        for other in [k for k in cache if k[0] != run.path.name or k == key]:
+            del cache[other]  # one run's models in memory at a time
+        cache[key] = (stamp, open_predictor(str(run.path), runtime=runtime))
+    return cache[key][1]
+
+
+def _gradcam(project: Project, run: RunDir, cls: str, name: str, cache: dict) -> Path:
+    """The Grad-CAM overlay of the predicted class over a project image, as `predict --explain` draws it.
+
+    Cached under RUN/gradcam/<class>/; remade when the image or the run's model is newer."""
+    from ..gradcam import explain_pixels
+    from ..prediction import _decode
+
+    image = project.image_path(cls, name)
+    target = run.path / "gradcam" / cls / f"{name}.png"
+    newest = max(run.best_keras.stat().st_mtime_ns, image.stat().st_mtime_ns)
+    if target.is_file() and target.stat().st_mtime_ns >= newest:
+        return target
+    predictor = _predictor(run, cache, "keras")
+    pixels, error = _decode(image, predictor.info.input_size, predictor.resize_mode, predictor.interpolation)
+    if pixels is None:
+        raise ProjectError(f"{name}: {error}", 422, "corrupt_image")
+    explained = explain_pixels(predictor.loaded, pixels[None], resize_mode=predictor.resize_mode)[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return explained.save(target, image=image)
+
+
+def _label_issues(project: Project, run: RunDir) -> dict:
+    """check-data --model's label_issues.csv for the run, each suspect tied to its project image."""
+    csv_path = run.path / "label_issues" / "label_issues.csv"
+    if not csv_path.is_file():
+        raise ProjectError(f"run {run.path.name} has no label check yet", 404, "not_computed")
+    issues = []
+    for row in read_csv_rows(csv_path):
+        where = _project_image(project, row.get("path") or "")
+        if where is not None:
+            issues.append({"class": where[0], "name": where[1], "given": row.get("given"), "likely": row.get("likely"),
+                           "confidence": float(row.get("confidence") or 0), "rank": int(row.get("rank") or 0)})
+    return {"run": run.path.name, "issues": issues[:LABEL_ISSUES_SHOWN], "total": len(issues),
+            "computed": csv_path.stat().st_mtime}
 
 
 def _predict_one(predictor, filename: str, data: bytes) -> dict:

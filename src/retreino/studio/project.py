@@ -6,6 +6,7 @@
       .retreino/thumbs/<class>/  cached thumbnails, rebuilt when the image changes
       .retreino/trash/           deleted classes and images (moved, never erased: a click is not a decision)
       .retreino/jobs/            the log of every job the studio ran
+      .retreino/models/<name>/   starting models dropped on the page (studio/models.py), once they opened
 
 Everything the studio keeps is under the hidden folder because the data layer skips hidden folders:
 a visible `runs/` would be read as one more class by every command. Every name that comes from a
@@ -74,7 +75,8 @@ class Project:
         self.thumbs = self.hidden / "thumbs"
         self.trash = self.hidden / "trash"
         self.jobs_dir = self.hidden / "jobs"
-        for d in (self.runs_dir, self.thumbs, self.trash, self.jobs_dir):
+        self.models_dir = self.hidden / "models"
+        for d in (self.runs_dir, self.thumbs, self.trash, self.jobs_dir, self.models_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._listing: dict[str, tuple[int, list[str]]] = {}  # class -> (folder mtime_ns, sorted names)
 
