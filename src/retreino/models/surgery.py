@@ -80,7 +80,10 @@ def feature_extractor(model):
         for layer in kept:
             x = layer(x)
         return keras.Model(inputs, x, name="features")
-    return keras.Model(model.inputs, kept[-1].output, name="features")
+    # A sub-model's `.output` is a tensor of its own graph (a run's `features` model, loaded from .keras): take
+    # the outer model's call of it instead, or the new model's output is not connected to its inputs.
+    node = next((n for nodes in model._nodes_by_depth.values() for n in nodes if n.operation is kept[-1]), None)
+    return keras.Model(model.inputs, node.output_tensors[0] if node is not None else kept[-1].output, name="features")
 
 
 def _ends_with_pooling(container) -> bool:
