@@ -413,6 +413,117 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
         studio.stop()
 
 
+def job_end(page, kind: str, timeout: float) -> str:
+    """The status the page shows once its `kind` job has ended (done, failed or stopped)."""
+    def ended():
+        status = page.get_attribute("#job-status", "data-status")
+        return status if page.get_attribute("#job-status", "data-kind") == kind and status in ("done", "failed", "stopped") else None
+
+    return wait_for(ended, timeout, f"the {kind} job to end", every=0.5)
+
+
+@pytest.mark.slow
+def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(tmp_path, browser):
+    need_shared()
+    # 30 photos a class and four dogs filed as cats: with fewer, confident learning names none (measured: 18 images, 0)
+    project = tiny_project(tmp_path / "pets", n=30)
+    filed = {f"cats/filed-{f.name}" for f in real_images("test", "dogs", 4)}
+    for f in real_images("test", "dogs", 4):
+        link_or_copy(f, project / "cats" / f"filed-{f.name}")
+    studio = Studio(project)
+    try:
+        page = open_page(browser, studio.url)
+        page.click("#tab-train")
+
+        # a file that is no model: its one line on the page, and nothing kept or offered
+        junk = tmp_path / "broken.h5"
+        junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+        page.set_input_files("#model-input", str(junk))
+        page.wait_for_selector("#model-status[data-state='error']")
+        line = page.inner_text("#model-status")
+        assert "broken.h5" in line and "\n" not in line and "Traceback" not in line, line
+        assert page.input_value("#train-model") == str(WATER_BOTTLES)
+
+        # Teachable Machine's Keras export, dropped as its two files: kept, offered, and the starting model now
+        page.set_input_files("#model-input", [str(WATER_BOTTLES / "keras_model.h5"), str(WATER_BOTTLES / "labels.txt")])
+        page.wait_for_selector("#model-status[data-state='ready']")
+        kept = project / ".retreino" / "models" / "keras_model" / "keras_model.h5"
+        assert kept.read_bytes() == (WATER_BOTTLES / "keras_model.h5").read_bytes()
+        assert page.input_value("#train-model") == str(kept)
+        assert page.locator(f"#models option[value='{kept}']").count() == 1
+        assert "5 Galoon" in page.inner_text("#model-status")
+        shot(page, "model")
+        page.fill("#train-epochs", "1")
+        page.fill("#train-batch", "8")
+        page.fill("#train-name", "dropped")
+        page.click("#train-btn")
+        assert job_end(page, "train", 300) == "done", page.inner_text("#log")
+        run_dir = project / ".retreino" / "runs" / "dropped"
+        import json
+
+        assert json.loads((run_dir / "config.json").read_text())["config"]["model"] == str(kept)
+
+        # evaluate, then every test image with its Grad-CAM ("show why")
+        page.click("#tab-evaluate")
+        page.click("#eval-btn")
+        page.wait_for_selector("#metric-accuracy", timeout=240_000)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        wrong = int(page.inner_text("#misclassified-count").split(" of ")[0])
+        assert page.locator("#misclassified figure").count() == wrong
+        page.select_option("#gallery-show", "all")
+        figures = page.locator("#misclassified figure")
+        assert figures.count() == metrics["n"]
+        page.check("#why")
+        first = figures.first
+        wait_for(lambda: first.get_attribute("data-why") in ("ready", "failed"), 240, "the first Grad-CAM overlay")
+        assert first.get_attribute("data-why") == "ready"
+        assert first.locator("img.why").is_visible() and not first.locator("img.thumb").is_visible()
+        assert first.locator("img.why").evaluate("i => i.complete && i.naturalWidth > 0")
+        cls, name = first.get_attribute("data-class"), first.get_attribute("data-name")
+        overlay = studio.api("GET", f"/api/runs/dropped/gradcam/{cls}/{name}")
+        assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"
+        # the engine's own overlay of that photo (`predict --explain`, another process) is the same picture
+        from PIL import Image
+
+        out = tmp_path / "why"
+        r = subprocess.run([sys.executable, "-m", "retreino", "predict", str(run_dir), str(project / cls / name),
+                            "--runtime", "keras", "--explain", str(out)], capture_output=True, text=True,
+                           env={**os.environ, "RETREINO_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr
+        ours = np.asarray(Image.open(io.BytesIO(overlay.content)).convert("RGB"), dtype=np.int16)
+        theirs = np.asarray(Image.open(out / f"{Path(name).stem}.gradcam.png").convert("RGB"), dtype=np.int16)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 2
+        page.uncheck("#why")
+        assert first.locator("img.thumb").is_visible()
+
+        # possible wrong labels: check-data --model RUN as a job; the page lists what label_issues.csv says
+        page.click("#issues-btn")
+        job_end(page, "label-issues", 300)
+        page.wait_for_selector("#label-issues[data-state='done']")
+        from retreino.runs import read_csv_rows
+
+        rows = read_csv_rows(run_dir / "label_issues" / "label_issues.csv")
+        shown = page.locator("#label-issues figure")
+        assert shown.count() == len(rows)
+        assert page.inner_text("#label-issues-count") == f"{len(rows)} found"
+        assert [f"{c}/{n}" for c, n in zip(shown.evaluate_all("fs => fs.map(f => f.dataset.class)"),
+                                           shown.evaluate_all("fs => fs.map(f => f.dataset.name)"))] == [r["path"] for r in rows]
+        suspects = {r["path"] for r in rows}
+        badged = set(page.locator("#misclassified figure.suspect").evaluate_all(
+            "fs => fs.map(f => f.dataset.class + '/' + f.dataset.name)"))
+        in_gallery = set(figures.evaluate_all("fs => fs.map(f => f.dataset.class + '/' + f.dataset.name)"))
+        assert badged == suspects & in_gallery
+        assert rows, "the label check named no suspect: the list view was not exercised"
+        print(f"\nlabel check: {len(rows)} suspect(s), {len(suspects & filed)} of the {len(filed)} filed dogs: {sorted(suspects)}")
+        page.check("#why")
+        wait_for(lambda: all(w == "ready" for w in figures.evaluate_all("fs => fs.map(f => f.dataset.why)")), 240,
+                 "every test image's Grad-CAM")
+        figures.first.scroll_into_view_if_needed()
+        shot(page, "evaluate-why")
+    finally:
+        studio.stop()
+
+
 # ---- 10,000 images ---------------------------------------------------------------------------------------
 
 LONG_TASKS = """

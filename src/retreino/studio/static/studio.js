@@ -26,6 +26,9 @@ const state = {
   job: null,
   lastJobKey: "",
   problems: new Map(), // "class/name" -> what check-data says about that image
+  models: [], // starting models dropped on the page (.retreino/models/)
+  evaluation: null, // the selected run's last evaluation
+  suspects: new Map(), // "class/name" -> the label check's suspect for that image
 };
 
 // ---- API ------------------------------------------------------------------------------------
@@ -450,7 +453,7 @@ function onJob(job) {
   s.textContent = job ? `${job.kind} ${job.run}: ${status}` : "idle";
   const running = job && (job.status === "running" || job.status === "stopping");
   $("#stop-btn").disabled = !running;
-  for (const id of ["#train-btn", "#eval-btn", "#export-btn"]) $(id).disabled = !!running;
+  for (const id of ["#train-btn", "#eval-btn", "#export-btn", "#issues-btn"]) $(id).disabled = !!running;
 }
 
 function wireTraining() {
@@ -471,6 +474,43 @@ function wireTraining() {
   $("#stop-btn").addEventListener("click", guard(async () => onJob((await api("/api/jobs/stop", { method: "POST" })).job)));
 }
 
+// ---- starting models dropped on the page -------------------------------------------------------------
+function setModels(models) {
+  state.models = models;
+  const d = state.project.defaults;
+  const names = [...models.map((m) => m.path), d.model, ...state.project.backbones].filter(Boolean);
+  $("#models").replaceChildren(...[...new Set(names)].map((m) => el("option", { value: m })));
+}
+
+// The server keeps the files only once `retreino inspect` opened them; a refusal is its one line.
+async function uploadModel(files) {
+  if (!files.length) return;
+  const status = $("#model-status");
+  status.dataset.state = "checking";
+  status.textContent = `checking ${files.map((f) => f.name).join(", ")}…`;
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  try {
+    const m = (await api("/api/models", { method: "POST", body: form })).model;
+    $("#train-model").value = m.path;
+    setModels((await api("/api/models")).models);
+    status.dataset.state = "ready";
+    status.textContent = `${m.name} (${m.format_name || m.format}; ${(m.classes || []).length} classes: ${(m.classes || []).join(", ")}) is the starting model`;
+  } catch (e) {
+    status.dataset.state = "error";
+    status.textContent = e.message;
+    say(e.message);
+  }
+}
+
+function wireModels() {
+  $("#model-input").addEventListener("change", (e) => { const f = [...e.target.files]; e.target.value = ""; uploadModel(f); });
+  const zone = $("#train-form");
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => { e.preventDefault(); zone.classList.remove("dragging"); uploadModel([...e.dataTransfer.files]); });
+}
+
 function listen() {
   const source = new EventSource("/api/events");
   source.addEventListener("update", (e) => {
@@ -489,7 +529,7 @@ function listen() {
       state.lastJobKey = key;
       if (snap.job && snap.job.status !== "running") {
         loadRuns().catch(() => {});
-        if (snap.job.kind === "evaluate" && !$("#panel-evaluate").hidden) loadEvaluation();
+        if ((snap.job.kind === "evaluate" || snap.job.kind === "label-issues") && !$("#panel-evaluate").hidden) loadEvaluation();
         if (snap.job.kind === "export" && !$("#panel-export").hidden) loadExports();
         if (snap.job.status === "failed") say(`${snap.job.kind} failed: ${(snap.log || []).slice(-1)[0] || "see the log"}`);
       }
@@ -501,14 +541,17 @@ function listen() {
 async function loadEvaluation() {
   const box = $("#metrics");
   if (!state.run) { box.textContent = "Train a model first."; return; }
+  await loadLabelIssues();
   let ev;
   try { ev = await api(`/api/runs/${enc(state.run)}/evaluation`); } catch (e) {
+    state.evaluation = null;
     box.textContent = "Not evaluated yet: press Evaluate.";
     $("#eval-plots").replaceChildren();
     $("#misclassified").replaceChildren();
     $("#misclassified-count").textContent = "";
     return;
   }
+  state.evaluation = ev;
   const m = ev.metrics;
   const per = m.per_class || {};
   box.replaceChildren(
@@ -523,10 +566,86 @@ async function loadEvaluation() {
   $("#eval-plots").replaceChildren(...ev.files.filter((f) => f !== "learning_curves.png" && f !== "misclassified.png")
     .map((f) => el("img", { src: `/api/runs/${enc(ev.run)}/files/${f}?t=${stamp}`, alt: f, "data-file": f })));
   $("#misclassified-count").textContent = `${ev.misclassified_total} of ${m.n}`;
-  $("#misclassified").replaceChildren(...ev.misclassified.map((w) => el("figure", {},
-    el("img", { src: `/api/classes/${enc(w.class)}/images/${enc(w.name)}/thumb`, alt: w.name, loading: "lazy" }),
-    el("figcaption", { text: `${w.true} → ${w.predicted} (${(w.confidence * 100).toFixed(0)}%)` }))));
-  if (!ev.misclassified_total) $("#misclassified").append(el("p", { class: "meta", text: "none: every test image is right" }));
+  renderGallery();
+}
+
+const thumbUrl = (cls, name) => `/api/classes/${enc(cls)}/images/${enc(name)}/thumb`;
+
+// A figure of a project image; a suspect label (from the label check) gets a badge.
+function figure(item, caption) {
+  const fig = el("figure", { "data-class": item.class, "data-name": item.name },
+    el("img", { class: "thumb", src: thumbUrl(item.class, item.name), alt: item.name, loading: "lazy" }),
+    el("figcaption", { text: caption }));
+  const suspect = state.suspects.get(`${item.class}/${item.name}`);
+  if (suspect) {
+    fig.classList.add("suspect");
+    fig.append(el("span", { class: "suspect-badge", title: `labelled ${suspect.given}, looks like ${suspect.likely}`, text: `label? ${suspect.likely}` }));
+  }
+  return fig;
+}
+
+function renderGallery() {
+  const ev = state.evaluation;
+  if (!ev) return;
+  const all = $("#gallery-show").value === "all";
+  const items = all ? [...ev.misclassified, ...ev.correct] : ev.misclassified;
+  const box = $("#misclassified");
+  box.replaceChildren(...items.map((w) => {
+    const fig = figure(w, w.true === w.predicted ? `${w.true} (${(w.confidence * 100).toFixed(0)}%)`
+      : `${w.true} → ${w.predicted} (${(w.confidence * 100).toFixed(0)}%)`);
+    fig.classList.add(w.true === w.predicted ? "right" : "wrong");
+    return fig;
+  }));
+  if (!items.length) box.append(el("p", { class: "meta", text: all ? "no test images" : "none: every test image is right" }));
+  if ($("#why").checked) for (const fig of box.querySelectorAll("figure")) explainFigure(fig);
+}
+
+// "show why": each figure fetches its Grad-CAM overlay once (made and cached by the server); the toggle then only swaps pictures.
+function explainFigure(fig) {
+  if (fig.dataset.why || !state.evaluation) return;
+  fig.dataset.why = "loading";
+  const img = el("img", { class: "why", alt: `Grad-CAM of ${fig.dataset.name}` });
+  img.addEventListener("load", () => { fig.dataset.why = "ready"; });
+  img.addEventListener("error", () => { fig.dataset.why = "failed"; img.remove(); });
+  img.src = `/api/runs/${enc(state.evaluation.run)}/gradcam/${enc(fig.dataset.class)}/${enc(fig.dataset.name)}`;
+  fig.insertBefore(img, fig.querySelector("figcaption"));
+}
+
+function toggleWhy() {
+  const on = $("#why").checked;
+  document.body.classList.toggle("show-why", on);
+  if (on) for (const fig of document.querySelectorAll("#misclassified figure")) explainFigure(fig);
+}
+
+async function loadLabelIssues() {
+  const box = $("#label-issues");
+  state.suspects = new Map();
+  let r;
+  try { r = await api(`/api/runs/${enc(state.run)}/label-issues`); } catch (e) {
+    if (box.dataset.state !== "running" || !(state.job && state.job.kind === "label-issues" && state.job.status === "running")) {
+      box.dataset.state = "none";
+      box.replaceChildren(el("p", { class: "meta", text: "Not checked yet." }));
+    }
+    $("#label-issues-count").textContent = "";
+    return;
+  }
+  for (const i of r.issues) state.suspects.set(`${i.class}/${i.name}`, i);
+  box.dataset.state = "done";
+  $("#label-issues-count").textContent = `${r.total} found`;
+  box.replaceChildren(...r.issues.map((i) => figure(i, `labelled ${i.given}, looks like ${i.likely} (${(i.confidence * 100).toFixed(0)}%)`)));
+  if (!r.total) box.append(el("p", { class: "meta", text: "none found: the model's features dispute no label" }));
+}
+
+function wireEvaluation() {
+  $("#gallery-show").addEventListener("change", renderGallery);
+  $("#why").addEventListener("change", toggleWhy);
+  $("#issues-btn").addEventListener("click", guard(async () => {
+    if (!state.run) throw new Error("train a model first");
+    onJob((await api(`/api/runs/${enc(state.run)}/label-issues`, { method: "POST" })).job);
+    const box = $("#label-issues");
+    box.dataset.state = "running";
+    box.replaceChildren(el("p", { class: "meta", text: "Looking for wrong labels (a job: see Train for its log)…" }));
+  }));
 }
 
 // ---- try ---------------------------------------------------------------------------------------------
@@ -605,7 +724,7 @@ function wireExport() {
 // ---- start ----------------------------------------------------------------------------------------------
 async function main() {
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
-  wireDrops(); wireCamera(); wireClassForms(); wireTraining(); wireTry(); wireExport();
+  wireDrops(); wireCamera(); wireClassForms(); wireTraining(); wireModels(); wireEvaluation(); wireTry(); wireExport();
   const p = await api("/api/project");
   state.project = p;
   $("#project-name").textContent = p.name;
@@ -614,7 +733,7 @@ async function main() {
   if (d.model) $("#train-model").value = d.model;
   $("#train-epochs").value = d.epochs; $("#train-lr").value = d.learning_rate;
   $("#train-unfreeze").value = d.unfreeze; $("#train-batch").value = d.batch_size;
-  $("#models").replaceChildren(...[d.model, ...p.backbones].filter(Boolean).map((m) => el("option", { value: m })));
+  setModels(p.models || []);
   $("#export-format").replaceChildren(...p.formats.map((f) => el("option", { value: f, text: f })));
   $("#export-format").value = "tflite";
   showCheck(await api("/api/check"));
