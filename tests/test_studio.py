@@ -5,6 +5,9 @@
 - the whole journey in the page, with real photos from ../shared: two classes, uploads, frames from
   Chromium's fake camera, a 2-epoch training whose curve grows on the page, evaluation, a try, and
   a TFLite download that the LiteRT interpreter loads and runs (screenshots go to docs/img/studio-*.png);
+- a starting model dropped on the page: refused with one line when it would run code or is no model, kept
+  under .retreino/models/ when it opens; a dropped Teachable Machine H5 trains, and Evaluate shows each test
+  image's Grad-CAM (the same picture as `predict --explain`) and the label check's suspects;
 - a 10,000-image project that opens and scrolls with no long task over 200 ms on the page's main thread;
 - a studio killed (SIGKILL) mid-training: its training dies with it, the reopened project lists the
   run as interrupted, and Resume continues after the last finished epoch.
@@ -413,6 +416,20 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
         studio.stop()
 
 
+def drop_files(page, selector: str, paths: list[Path]) -> None:
+    """A drop of real files on `selector`, as a person dragging them from a file manager makes (a DataTransfer of Files)."""
+    import base64
+
+    files = [{"name": p.name, "b64": base64.b64encode(p.read_bytes()).decode()} for p in paths]
+    transfer = page.evaluate_handle("""(files) => {
+      const dt = new DataTransfer();
+      for (const f of files) dt.items.add(new File([Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0))], f.name));
+      return dt;
+    }""", files)
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
 def job_end(page, kind: str, timeout: float) -> str:
     """The status the page shows once its `kind` job has ended (done, failed or stopped)."""
     def ended():
@@ -444,8 +461,8 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         assert "broken.h5" in line and "\n" not in line and "Traceback" not in line, line
         assert page.input_value("#train-model") == str(WATER_BOTTLES)
 
-        # Teachable Machine's Keras export, dropped as its two files: kept, offered, and the starting model now
-        page.set_input_files("#model-input", [str(WATER_BOTTLES / "keras_model.h5"), str(WATER_BOTTLES / "labels.txt")])
+        # Teachable Machine's Keras export, its two files dropped on the form: kept, offered, and the starting model now
+        drop_files(page, "#train-form", [WATER_BOTTLES / "keras_model.h5", WATER_BOTTLES / "labels.txt"])
         page.wait_for_selector("#model-status[data-state='ready']")
         kept = project / ".retreino" / "models" / "keras_model" / "keras_model.h5"
         assert kept.read_bytes() == (WATER_BOTTLES / "keras_model.h5").read_bytes()

@@ -496,6 +496,7 @@ async function uploadModel(files) {
     setModels((await api("/api/models")).models);
     status.dataset.state = "ready";
     status.textContent = `${m.name} (${m.format_name || m.format}; ${(m.classes || []).length} classes: ${(m.classes || []).join(", ")}) is the starting model`;
+    say(`${m.name} opened and kept`, true);
   } catch (e) {
     status.dataset.state = "error";
     status.textContent = e.message;
