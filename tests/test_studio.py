@@ -240,8 +240,11 @@ def lambda_h5(tmp_path: Path) -> Path:
 def test_a_dropped_starting_model_is_checked_before_it_is_offered(tmp_path):
     need_shared()
     project = tiny_project(tmp_path / "pets", n=2)
-    studio = Studio(project)
     models = project / ".retreino" / "models"
+    models.mkdir(parents=True)
+    stale = models / f".upload-{2**22 + 17}-1"  # a killed studio's staging folder: no pid is above 2**22 (PID_MAX_LIMIT)
+    stale.mkdir()
+    studio = Studio(project)
     tfjs = ROOT.parent / "shared" / "models" / "teachable_machine_tfjs" / "leaves"
     try:
         def send(*paths: Path, name: str | None = None):
@@ -260,7 +263,7 @@ def test_a_dropped_starting_model_is_checked_before_it_is_offered(tmp_path):
         notes = tmp_path / "notes.exe"
         notes.write_bytes(b"MZ")
         assert send(notes).json()["error"] == "not_a_model"
-        assert [p.name for p in models.iterdir()] == []  # no staging folder left behind
+        assert [p.name for p in models.iterdir()] == []  # no staging folder left behind, nor the killed studio's
         assert studio.api("GET", "/api/models").json() == {"models": []}
 
         # a Teachable Machine Keras export and a TF.js one: kept under .retreino/models/, never seen as a class

@@ -46,7 +46,7 @@ from ..runs import RunDir, folder_name, read_csv_rows
 from ..serve.app import decode_error, install_json_errors
 from ..serve.uploads import UploadError, check_request_pixels, read_uploads
 from .jobs import JobRunner, describe_run, list_runs
-from .models import add_model, list_models
+from .models import add_model, list_models, remove_stale_uploads
 from .project import Project, ProjectError, check_name
 
 STATIC = Path(__file__).parent / "static"
@@ -89,6 +89,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
     project = project if isinstance(project, Project) else Project(project)
     settings = settings or StudioSettings()
     runner = JobRunner(project.runs_dir, project.jobs_dir)
+    remove_stale_uploads(project.models_dir)
     io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="studio-io")  # decoding, thumbnails
     model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-model")  # Try: one model at a time
     predictors: dict[tuple[str, str], tuple[float, object]] = {}  # (run, runtime) -> (best model mtime, Predictor)

@@ -78,19 +78,35 @@ def add_model(models_dir: Path, files: dict[str, bytes], wanted: str | None = No
         for name, data in files.items():
             (stage / name).write_bytes(data)
         summary = inspect_model(stage / main, python)
-        name, n = base, 1
-        while (models_dir / name).exists():
-            n += 1
-            name = f"{base}-{n}"
-        record = {"name": name, "file": main, "path": str(models_dir / name / main), "format": summary.get("format"),
-                  "format_name": summary.get("format_name"), "classes": summary.get("classes"),
-                  "input_shape": summary.get("input_shape"), "params": summary.get("params_total"),
-                  "files": sorted(names), "added": time.time()}
-        write_json(stage / RECORD, record)
-        os.rename(stage, models_dir / name)
-        return record
+        for n in range(1, 1000):
+            name = base if n == 1 else f"{base}-{n}"
+            if (models_dir / name).exists():
+                continue
+            record = {"name": name, "file": main, "path": str(models_dir / name / main), "format": summary.get("format"),
+                      "format_name": summary.get("format_name"), "classes": summary.get("classes"),
+                      "input_shape": summary.get("input_shape"), "params": summary.get("params_total"),
+                      "files": sorted(names), "added": time.time()}
+            write_json(stage / RECORD, record)
+            try:
+                os.rename(stage, models_dir / name)  # atomic: a listed model is always whole
+            except OSError:  # another upload took the name in between
+                continue
+            return record
+        raise ProjectError(f"too many models named {base!r}: remove some from {models_dir}", 409, "name_taken")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def remove_stale_uploads(models_dir: Path) -> None:
+    """Staging folders of a studio that was killed while a model was being opened (its pid is in the name).
+
+    Linux only (/proc tells a live pid from a dead one); elsewhere they stay, never listed."""
+    if not Path("/proc/self").exists():
+        return
+    for folder in models_dir.glob(".upload-*") if models_dir.is_dir() else []:
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def inspect_model(path: Path, python: str | None = None) -> dict:
