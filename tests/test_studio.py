@@ -128,6 +128,7 @@ def count_of(page, cls: str) -> int:
 @pytest.mark.parametrize("args, message", [
     (["--port", "70000"], "retreino studio: error: --port must be an int, in [0, 65535], got 70000"),
     (["--max-file-mb", "0"], "retreino studio: error: --max-file-mb must be above 0, got 0.0"),
+    (["--max-model-mb", "-1"], "retreino studio: error: --max-model-mb must be above 0, got -1.0"),
 ])
 def test_bad_arguments_are_one_line_before_anything_heavy_loads(tmp_path, args, message):
     code = ("import sys; from retreino.cli import main; rc = main(sys.argv[1:]); "

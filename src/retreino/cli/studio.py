@@ -15,6 +15,8 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="MODEL", help="the starting model the Train form proposes "
                    "(Teachable Machine export, .h5, .keras, model.json, or a backbone name)")
     p.add_argument("--max-file-mb", type=float, default=10.0, metavar="MB", help="largest accepted image (default 10)")
+    p.add_argument("--max-model-mb", type=float, default=200.0, metavar="MB",
+                   help="largest accepted file of a starting model dropped on the page (default 200)")
     p.add_argument("--access-log", action="store_true", help="one log line per request")
     p.set_defaults(func=run)
 
@@ -26,6 +28,8 @@ def run(args) -> int:
     from ..errors import RetreinoError
 
     validate_serve({"port": args.port, "max_file_mb": args.max_file_mb}, names={"port": "--port", "max_file_mb": "--max-file-mb"})
+    if not args.max_model_mb > 0:
+        raise RetreinoError(f"--max-model-mb must be above 0, got {args.max_model_mb}")
     project = Path(args.project).expanduser()
     if project.exists() and not project.is_dir():
         raise RetreinoError(f"{project}: not a folder (PROJECT_DIR is a folder of <class>/ sub-folders)")
@@ -34,5 +38,5 @@ def run(args) -> int:
     except ModuleNotFoundError as exc:
         raise RetreinoError(f"the studio needs the serve extra ({exc.name} is missing): pip install 'retreino[serve]'") from exc
     studio(str(project), host=args.host, port=args.port,
-           settings=StudioSettings(model=args.model, max_file_mb=args.max_file_mb), access_log=args.access_log)
+           settings=StudioSettings(model=args.model, max_file_mb=args.max_file_mb, max_model_mb=args.max_model_mb), access_log=args.access_log)
     return 0
