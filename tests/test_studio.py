@@ -465,9 +465,16 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         assert "broken.h5" in line and "\n" not in line and "Traceback" not in line, line
         assert page.input_value("#train-model") == str(WATER_BOTTLES)
 
+        # a TF.js export is three files dropped together
+        leaves = ROOT.parent / "shared" / "models" / "teachable_machine_tfjs" / "leaves"
+        drop_files(page, "#train-form", [leaves / "model.json", leaves / "weights.bin", leaves / "metadata.json"])
+        page.wait_for_selector("#model-status[data-state='ready']")
+        assert page.input_value("#train-model") == str(project / ".retreino" / "models" / "tm-my-image-model" / "model.json")
+        assert "healthy leaves" in page.inner_text("#model-status")
+
         # Teachable Machine's Keras export, its two files dropped on the form: kept, offered, and the starting model now
         drop_files(page, "#train-form", [WATER_BOTTLES / "keras_model.h5", WATER_BOTTLES / "labels.txt"])
-        page.wait_for_selector("#model-status[data-state='ready']")
+        page.wait_for_selector("#model-status[data-state='ready']:has-text('5 Galoon')")
         kept = project / ".retreino" / "models" / "keras_model" / "keras_model.h5"
         assert kept.read_bytes() == (WATER_BOTTLES / "keras_model.h5").read_bytes()
         assert page.input_value("#train-model") == str(kept)
