@@ -99,19 +99,24 @@ def test_training_run_learns_and_writes_every_file(trained_run):
     assert record["data"]["fingerprint"] and record["versions"]["keras"]
     assert (d / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(d.glob(".*"))  # no temporary files left behind
-    # The temperature: fitted out of fold on train + validation when the best model is the probe fitted on the
-    # training photos alone and flip TTA is off; else on the validation answers predictions will give (ood.py).
+    # The temperature: fitted out of fold on train + validation when the best model is the linear probe (with
+    # the mirror images the probe or flip TTA used); else on the validation answers predictions will give (ood.py).
     cal = json.loads((d / "calibration.json").read_text())
     assert cal["temperature"] == pytest.approx(best.info.temperature)
     assert cal["tta"]["tta"] == best.info.tta
     counts = record["data"]["counts"]
-    state = json.loads((d / "state.json").read_text())
-    if run.best_epoch == 1 and not best.info.tta and not state.get("probe_mirrored"):
+    n_train, n_val = sum(counts["train"].values()), sum(counts["validation"].values())  # 180, 100
+    pooled = best.info.unknown["threshold_from"]
+    if run.best_epoch == 1:
         assert cal["fit"]["source"] == "out-of-fold train+validation"
-        assert cal["fit"]["n"] == sum(counts["train"].values()) + sum(counts["validation"].values())  # 180 + 100
+        assert cal["fit"]["n"] == n_train + n_val
+        # The probe's features are the frozen backbone's: the training images' leave-one-out kNN scores
+        # join validation's in the unknown threshold.
+        assert pooled == {"validation": n_val, "knn_training_leave_one_out": n_train}
     else:
         assert cal["fit"]["source"] == "validation"
-        assert cal["fit"]["n"] == sum(counts["validation"].values())
+        assert cal["fit"]["n"] == n_val
+        assert pooled == {"validation": n_val, "knn_training_leave_one_out": 0}
     assert cal["temperature"] == (cal["fit"]["fitted"] if cal["fit"]["kept"] else 1.0)
 
 
