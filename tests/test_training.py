@@ -112,11 +112,11 @@ def test_training_run_learns_and_writes_every_file(trained_run):
         assert cal["fit"]["n"] == n_train + n_val
         # The probe's features are the frozen backbone's: the training images' leave-one-out kNN scores
         # join validation's in the unknown threshold.
-        assert pooled == {"validation": n_val, "knn_training_leave_one_out": n_train}
+        assert pooled == {"validation": n_val, "knn_training": n_train}
     else:
         assert cal["fit"]["source"] == "validation"
         assert cal["fit"]["n"] == n_val
-        assert pooled == {"validation": n_val, "knn_training_leave_one_out": 0}
+        assert pooled == {"validation": n_val, "knn_training": 0}
     assert cal["temperature"] == (cal["fit"]["fitted"] if cal["fit"]["kept"] else 1.0)
 
 

@@ -113,7 +113,20 @@ def test_pooled_knn_threshold_accepts_the_chosen_share_of_new_images_more_steadi
     pooled, alone = np.array(spread[True]), np.array(spread[False])
     assert abs(pooled.mean() - 0.95) < 0.01
     assert np.abs(pooled - 0.95).mean() < 0.6 * np.abs(alone - 0.95).mean()
-    assert det.threshold_from == {"validation": 40, "knn_training_leave_one_out": 600}
+    assert det.threshold_from == {"validation": 40, "knn_training": 600}
+
+
+def test_a_large_training_set_keeps_a_bounded_knn_bank(monkeypatch):
+    """Beyond KNN_BANK_MAX training features the bank is a seeded random subset; the other training
+    features are scored against it like new photos and still join the threshold."""
+    monkeypatch.setattr(ood, "KNN_BANK_MAX", 150)
+    rng = np.random.default_rng(6)
+    train, val, new = (rng.normal(0, 1, (n, 8)) for n in (900, 60, 3000))
+    det = ood.fit_detector(train, np.zeros(900, int), val, 1, method="knn", accept=0.95, pool_training=True)
+    again = ood.fit_detector(train, np.zeros(900, int), val, 1, method="knn", accept=0.95, pool_training=True)
+    assert det.arrays["bank"].shape == (150, 8) and np.array_equal(det.arrays["bank"], again.arrays["bank"])
+    assert det.threshold_from == {"validation": 60, "knn_training": 900}
+    assert abs(np.mean(~det.is_unknown(det.score(new))) - 0.95) < 0.02
 
 
 def test_probe_out_of_fold_with_mirror_images():

@@ -19,6 +19,9 @@ import numpy as np
 
 TINY = 1e-30  # float32 softmax outputs can be exactly 0; log(0) would poison the sum
 ECE_BINS = 15
+# Out of fold only up to this many train + validation images: it exists because a few hundred validation
+# answers fit T noisily, and beyond it the refits and the mirrored features would cost memory in proportion.
+OUT_OF_FOLD_MAX = 10_000
 PROBE_MATCH = 0.02  # probe_out_of_fold: largest gap between a refitted probe and the model's own probabilities
 
 

@@ -33,6 +33,10 @@ DEFAULT_METHOD = "knn"  # chosen by measurement: docs/unknown.md
 DEFAULT_ACCEPT = 0.95
 KNN_K = 10
 KNN_BLOCK = 1024  # rows of features scored at once
+# The kNN bank is at most this many training features (a seeded random subset beyond it): unknown.npz
+# travels with every export (10,000 x 1280 float32 = 49 MB), and Sun et al. (ICML 2022, section 4.3)
+# find a random 1% of ImageNet's training set keeps kNN's detection almost unchanged.
+KNN_BANK_MAX = 10_000
 UNKNOWN_LABEL = "unknown"
 METHODS = ("mahalanobis", "knn")
 
@@ -141,22 +145,33 @@ def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_featu
         raise RetreinoError(f"unknown out-of-distribution method {method!r}: use one of {', '.join(METHODS)}")
     if not 0.0 < accept <= 1.0:
         raise RetreinoError(f"the accepted share of validation images must be in (0, 1], not {accept}")
-    f = np.asarray(train_features, dtype=np.float64)
+    # float32 features, float64 sums in blocks: memory stays near one copy of the features at any size.
+    f = np.asarray(train_features, dtype=np.float32)
     y = np.asarray(train_labels, dtype=np.int64)
-    means = np.stack([f[y == c].mean(axis=0) if np.any(y == c) else f.mean(axis=0) for c in range(num_classes)])
-    centred = f - means[y]
-    cov = centred.T @ centred / max(1, len(f))
+    means = np.stack([f[y == c].mean(axis=0, dtype=np.float64) if np.any(y == c) else f.mean(axis=0, dtype=np.float64)
+                      for c in range(num_classes)])
+    cov = np.zeros((f.shape[1], f.shape[1]))
+    for i in range(0, len(f), KNN_BLOCK):
+        centred = f[i:i + KNN_BLOCK] - means[y[i:i + KNN_BLOCK]]
+        cov += centred.T @ centred
+    cov /= max(1, len(f))
     # A few hundred images cannot fill a 1280-dim covariance: shrink towards its mean variance so it inverts.
     shrink = 0.1
     cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    in_bank = np.ones(len(f), bool)
+    if len(f) > KNN_BANK_MAX:
+        in_bank[:] = False
+        in_bank[np.random.default_rng(0).choice(len(f), KNN_BANK_MAX, replace=False)] = True
     arrays = {"means": means.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32),
-              "bank": _unit(f).astype(np.float32)}
+              "bank": _unit(f[in_bank]).astype(np.float32)}
     det = UnknownDetector(method, 0.0, arrays, k=k, accept=accept)
     scores = {m: det.score(val_features, m) for m in METHODS}
-    loo = knn_leave_one_out(arrays["bank"], k) if pool_training else np.empty(0)
-    scores["knn"] = np.r_[scores["knn"], loo]
+    training = np.empty(0)
+    if pool_training:  # bank rows against the other bank rows; training rows outside the bank like new photos
+        training = np.r_[knn_leave_one_out(arrays["bank"], k), knn_score(f[~in_bank], arrays["bank"], k)]
+    scores["knn"] = np.r_[scores["knn"], training]
     det.thresholds = {m: float(np.quantile(scores[m], 1.0 - accept)) for m in METHODS}
-    det.threshold_from = {"validation": int(len(val_features)), "knn_training_leave_one_out": int(len(loo))}
+    det.threshold_from = {"validation": int(len(val_features)), "knn_training": int(len(training))}
     det.threshold = det.thresholds[method]
     return det
 
@@ -227,7 +242,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     `calibration.json` and re-saves the model files with the new metadata.
     """
     from . import runs
-    from .calibration import expected_calibration_error, fit_temperature_checked, probe_out_of_fold
+    from .calibration import OUT_OF_FOLD_MAX, expected_calibration_error, fit_temperature_checked, probe_out_of_fold
     from .models import load_model, save_model
 
     run_dir = Path(trainer.run_dir)
@@ -262,7 +277,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
         val_p = tta.average(val_p, mirror_val_p)
     state = runs.RunDir(run_dir).read_state()
     oof = None
-    if _best_is_probe(run_dir, state):
+    if _best_is_probe(run_dir, state) and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
         # A probe that learnt from mirror images, or a flip-averaged model, needs the mirrored
         # features in its folds too (calibration.probe_out_of_fold).
         mirrors = {}
@@ -309,8 +324,8 @@ def _threshold_source(det: UnknownDetector) -> str:
     """What the threshold was set on, for the training log."""
     source = det.threshold_from or {}
     text = f"{source.get('validation', 0):,} validation images"
-    if det.method == "knn" and source.get("knn_training_leave_one_out"):
-        text += f" and {source['knn_training_leave_one_out']:,} training images scored leave-one-out"
+    if det.method == "knn" and source.get("knn_training"):
+        text += f" and {source['knn_training']:,} training images scored leave-one-out"
     return text
 
 
