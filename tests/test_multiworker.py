@@ -21,8 +21,6 @@ import pytest
 
 from conftest import ROOT, WATER_BOTTLES, cats_vs_dogs_subset
 
-pytestmark = pytest.mark.slow
-
 TIMEOUT = 900  # seconds for a whole cluster; the tests take 2-4 minutes on 2 busy cores
 
 
@@ -98,6 +96,7 @@ def _history(run_dir):
     return RunDir(run_dir).read_history()
 
 
+@pytest.mark.slow
 def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path):
     """Two workers, global batch 8 (4 per worker), 2 epochs, vs one process at batch 8.
 
@@ -155,6 +154,7 @@ KILLED_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_epoch_then_both_resumed_finishes(tmp_path):
     """Worker 1 dies by SIGKILL in the middle of epoch 2: the chief's collectives abort and it
     stops with one line saying how to go on; the run directory keeps epoch 1. `train --resume`
@@ -196,3 +196,33 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finishes(tmp_path):
     assert (runs / "mw" / "fine_tuned_model.keras").is_file()
     assert [p.name for p in runs.iterdir()] == ["mw"]
     assert _scratch_runs(tmp_path / "tmp1") == []
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_resuming_workers_copy_holds_the_chiefs_best_pair_as_the_chief_will_see_it(tmp_path, committed):
+    """The chief's run directory as a kill during `commit_best` leaves it: epoch 1's pair in place,
+    epoch 2's under pending names, with or without the commit mark. The worker's copy settles to
+    the pair the chief's own lock settles to (`recover_best`); the chief's files are left alone."""
+    from retreino import runs
+    from retreino.resume import _worker_copy
+
+    chief = tmp_path / "runs" / "mw"
+    chief.mkdir(parents=True)
+    for name in (runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS):
+        (chief / name).write_text(name)
+    for final, pending in runs.PENDING.items():
+        (chief / final).write_text("epoch 1")
+        (chief / pending).write_text("epoch 2")
+    if committed:
+        (chief / runs.COMMIT).write_text("")
+    before = {p.name: p.read_text() for p in chief.iterdir()}
+
+    (tmp_path / "scratch").mkdir()  # the worker's scratch folder (`_worker_runs_dir`)
+    copy = _worker_copy(chief, tmp_path / "scratch" / "mw")
+    expected = "epoch 2" if committed else "epoch 1"
+    assert {p.name: p.read_text() for p in copy.iterdir()} == {
+        runs.CONFIG: runs.CONFIG, runs.STATE: runs.STATE, runs.HISTORY: runs.HISTORY, runs.LAST: runs.LAST,
+        runs.LABELS: runs.LABELS, runs.BEST_KERAS: expected, runs.BEST_H5: expected}
+    assert {p.name: p.read_text() for p in chief.iterdir()} == before
+    runs.recover_best(chief)  # what the chief's lock does
+    assert [(chief / f).read_text() for f in runs.PENDING] == [expected, expected]
