@@ -46,16 +46,34 @@ def _resume_locked(run_dir: Path, printer, callbacks: list | None) -> Run:
         if strategy is not None and not _is_chief(strategy):
             # A worker resumes from the chief's run directory (it must see the same path) as it is
             # now, in a copy of its own: the chief alone writes the run directory.
-            import shutil
-
             with _worker_runs_dir(cfg, strategy, printer) as tmp:
-                copy = tmp / run_dir.name
-                copy.mkdir()
-                for name in (runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS):
-                    if (run_dir / name).exists():
-                        shutil.copy2(run_dir / name, copy / name)
+                copy = _worker_copy(run_dir, tmp / run_dir.name)
                 return _resume_run(copy, cfg, record, state, history, printer, callbacks)
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
+
+
+def _worker_copy(run_dir: Path, copy: Path) -> Path:
+    """A non-chief worker's private copy of the chief's run directory, to resume from.
+
+    Every file whose presence steers the steps must be there, the best model included: the chief
+    calibrates its best model at the end (`ood.fit_after_training`, which loads it under the
+    strategy, a collective broadcast), and a worker without one skipped that, exited, and left the
+    chief's broadcast waiting on a peer that was gone. The pending pair and its commit mark are
+    copied first, then `recover_best` settles them as the chief's lock does in the run directory:
+    a copy taken while the chief rolls a committed pair forward still ends on the same epoch.
+    """
+    import shutil
+
+    copy.mkdir()
+    names = (runs.COMMIT, *runs.PENDING.values(), runs.BEST_KERAS, runs.BEST_H5,
+             runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS)
+    for name in names:
+        try:
+            shutil.copy2(run_dir / name, copy / name)
+        except FileNotFoundError:  # not written yet (no best before epoch 1), or just renamed by the chief
+            pass
+    runs.recover_best(copy)
+    return copy
 
 
 def _resumes_as_worker(run_dir: Path) -> bool:
