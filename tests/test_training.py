@@ -170,3 +170,33 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert epochs == [1, 2, 3, 4]  # every epoch exactly once, the same count as an uninterrupted run
     assert load_model(run).class_names == ["cats", "dogs"]
     assert json.loads(state.read_text())["finished"] is True
+
+
+def test_killed_while_calibrating_then_resume_only_calibrates(tmp_path):
+    """The epochs are done and state.json says finished, but the end-of-training calibration was
+    killed: --resume runs that step alone (no epoch again) instead of "nothing to resume"."""
+    data = _subset(tmp_path / "data", 30, 10)
+    run = tmp_path / "runs" / "cal"
+    cmd = [sys.executable, "-m", "retreino", "train", "--model", str(WATER_BOTTLES), "--data", str(data),
+           "--runs-dir", str(tmp_path / "runs"), "--name", "cal", "--epochs", "1"]
+    env = {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # the kill lands on the line that starts the calibration
+        seen.append(line)
+        if line.startswith("Calibrating"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert seen and seen[-1].startswith("Calibrating"), "".join(seen)
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+    assert not (run / "calibration.json").exists()
+    rows = (run / "history.csv").read_text()
+    resumed = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "finished its 2 epochs but not its calibration; calibrating now" in resumed.stdout
+    assert (run / "history.csv").read_text() == rows  # no epoch trained again
+    assert json.loads((run / "calibration.json").read_text())["unknown"]["method"] == "knn"
+    assert load_model(run / "fine_tuned_model.keras").info.unknown["threshold"] is not None
+    again = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert "already finished (2 epochs); nothing to resume" in again.stdout

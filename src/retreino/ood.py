@@ -342,17 +342,9 @@ def _best_is_probe(run_dir: Path, state) -> bool:
 
 def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
     """`fit_after_training` for a run trained before (rebuilds its data from config.json)."""
-    from . import runs
-    from .config import TrainConfig
-    from .models import load_model
     from .training import _Trainer
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(runs.RunDir(run_dir).require_config()["config"])
-    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
-    trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
-    trainer.setup(fresh=False)
-    return fit_after_training(trainer, **kw)
+    return fit_after_training(_Trainer.reopen(Path(run_dir), printer=printer), **kw)
 
 
 # --------------------------------------------------------------------------- evaluate --ood

@@ -38,8 +38,15 @@ def _resume_locked(run_dir: Path, printer, callbacks: list | None) -> Run:
     cfg = TrainConfig.from_dict(record["config"])
     history = [row for row in run.read_history() if int(row["epoch"]) <= state.epoch]
     if state.finished:
+        done = Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
+        if _calibration_missing(run_dir) and not _resumes_as_worker(run_dir):
+            # Training ended but the end-of-training step did not (killed, or a peer lost, while
+            # calibrating): do that step alone, the epochs are all there.
+            printer(f"{run_dir} finished its {state.epoch} epochs but not its calibration; calibrating now")
+            _finish_only(run_dir, done, printer)
+            return done
         printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
-        return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
+        return done
     from .speed.devices import run_context
 
     with run_context(cfg, printer=printer) as strategy:
@@ -74,6 +81,18 @@ def _worker_copy(run_dir: Path, copy: Path) -> Path:
             pass
     runs.recover_best(copy)
     return copy
+
+
+def _calibration_missing(run_dir: Path) -> bool:
+    """A best model without the record `ood.fit_after_training` writes last."""
+    from .ood import CALIBRATION_FILE
+
+    return (run_dir / runs.BEST_KERAS).exists() and not (run_dir / CALIBRATION_FILE).exists()
+
+
+def _finish_only(run_dir: Path, run: Run, printer) -> None:
+    """`_Trainer.finish` for a finished run: calibration, curves, report, the closing lines."""
+    _Trainer.reopen(run_dir, printer=printer).finish(run)
 
 
 def _resumes_as_worker(run_dir: Path) -> bool:
