@@ -3,6 +3,7 @@
     python bench/scale.py                       # 2,000, 10,000 and 30,000 images (heavy: hours on 2 cores)
     python bench/scale.py --sizes 200,1000      # a quick look
     python bench/scale.py --cache-mb 64         # force the over-budget path (memory-mapped spill)
+    python bench/scale.py --skip-predict        # train only (--skip-train: predict only)
 
 A folder of N images is made of the shared cats_vs_dogs photos repeated under distinct names
 (hard links where the file system allows, else symbolic links), half cats and half dogs, with a
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="2000,10000,30000")
     ap.add_argument("--cache-mb", type=int, default=None, help="--cache-mb for train (default: retreino's)")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-predict", action="store_true")
     ap.add_argument("--out", default=None, help="also write the rows as JSON")
     args = ap.parse_args()
     rows = []
@@ -67,9 +69,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="retreino-scale-") as tmp:
             data = make_folder(Path(tmp) / "data", n)
             py = [sys.executable, "-m", "retreino"]
-            pred = measure(py + ["predict", str(MODEL), str(data), "--out", f"{tmp}/p.csv"])
-            rows.append({"images": n, "job": "predict", **pred, "images_per_s": n / pred["seconds"]})
-            print(json.dumps(rows[-1]), flush=True)
+            if not args.skip_predict:
+                pred = measure(py + ["predict", str(MODEL), str(data), "--out", f"{tmp}/p.csv"])
+                rows.append({"images": n, "job": "predict", **pred, "images_per_s": n / pred["seconds"]})
+                print(json.dumps(rows[-1]), flush=True)
             if not args.skip_train:
                 cmd = py + ["train", "--model", str(MODEL), "--data", str(data), "--epochs", "1",
                             "--warmup-epochs", "0", "--runs-dir", f"{tmp}/runs", "--no-augment", "--test-split", "0"]

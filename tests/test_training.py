@@ -99,19 +99,24 @@ def test_training_run_learns_and_writes_every_file(trained_run):
     assert record["data"]["fingerprint"] and record["versions"]["keras"]
     assert (d / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(d.glob(".*"))  # no temporary files left behind
-    # The temperature: fitted out of fold on train + validation when the best model is the probe fitted on the
-    # training photos alone and flip TTA is off; else on the validation answers predictions will give (ood.py).
+    # The temperature: fitted out of fold on train + validation when the best model is the linear probe (with
+    # the mirror images the probe or flip TTA used); else on the validation answers predictions will give (ood.py).
     cal = json.loads((d / "calibration.json").read_text())
     assert cal["temperature"] == pytest.approx(best.info.temperature)
     assert cal["tta"]["tta"] == best.info.tta
     counts = record["data"]["counts"]
-    state = json.loads((d / "state.json").read_text())
-    if run.best_epoch == 1 and not best.info.tta and not state.get("probe_mirrored"):
+    n_train, n_val = sum(counts["train"].values()), sum(counts["validation"].values())  # 180, 100
+    pooled = best.info.unknown["threshold_from"]
+    if run.best_epoch == 1:
         assert cal["fit"]["source"] == "out-of-fold train+validation"
-        assert cal["fit"]["n"] == sum(counts["train"].values()) + sum(counts["validation"].values())  # 180 + 100
+        assert cal["fit"]["n"] == n_train + n_val
+        # The probe's features are the frozen backbone's: the training images' leave-one-out kNN scores
+        # join validation's in the unknown threshold.
+        assert pooled == {"validation": n_val, "knn_training": n_train}
     else:
         assert cal["fit"]["source"] == "validation"
-        assert cal["fit"]["n"] == sum(counts["validation"].values())
+        assert cal["fit"]["n"] == n_val
+        assert pooled == {"validation": n_val, "knn_training": 0}
     assert cal["temperature"] == (cal["fit"]["fitted"] if cal["fit"]["kept"] else 1.0)
 
 
@@ -165,3 +170,33 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert epochs == [1, 2, 3, 4]  # every epoch exactly once, the same count as an uninterrupted run
     assert load_model(run).class_names == ["cats", "dogs"]
     assert json.loads(state.read_text())["finished"] is True
+
+
+def test_killed_while_calibrating_then_resume_only_calibrates(tmp_path):
+    """The epochs are done and state.json says finished, but the end-of-training calibration was
+    killed: --resume runs that step alone (no epoch again) instead of "nothing to resume"."""
+    data = _subset(tmp_path / "data", 30, 10)
+    run = tmp_path / "runs" / "cal"
+    cmd = [sys.executable, "-m", "retreino", "train", "--model", str(WATER_BOTTLES), "--data", str(data),
+           "--runs-dir", str(tmp_path / "runs"), "--name", "cal", "--epochs", "1"]
+    env = {**os.environ, "RETREINO_QUIET": "1", "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # the kill lands on the line that starts the calibration
+        seen.append(line)
+        if line.startswith("Calibrating"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert seen and seen[-1].startswith("Calibrating"), "".join(seen)
+    assert json.loads((run / "state.json").read_text())["finished"] is True
+    assert not (run / "calibration.json").exists()
+    rows = (run / "history.csv").read_text()
+    resumed = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "finished its 2 epochs but not its calibration; calibrating now" in resumed.stdout
+    assert (run / "history.csv").read_text() == rows  # no epoch trained again
+    assert json.loads((run / "calibration.json").read_text())["unknown"]["method"] == "knn"
+    assert load_model(run / "fine_tuned_model.keras").info.unknown["threshold"] is not None
+    again = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
+    assert "already finished (2 epochs); nothing to resume" in again.stdout

@@ -86,6 +86,78 @@ def test_detectors_accept_the_chosen_share_and_reject_far_points():
         assert det.is_unknown(det.score(far)).mean() > 0.9
 
 
+def test_knn_leave_one_out_scores_each_training_feature_against_the_others():
+    rng = np.random.default_rng(3)
+    bank = ood._unit(rng.normal(0, 1, (40, 6)))
+    loo = ood.knn_leave_one_out(bank, k=3)
+    for i in (0, 17, 39):
+        others = np.delete(bank, i, axis=0)
+        assert loo[i] == pytest.approx(ood.knn_score(bank[i:i + 1], others, k=3)[0], abs=1e-6)
+    # Scored in blocks of rows, as for tens of thousands of photos: the same scores.
+    many = rng.normal(0, 1, (ood.KNN_BLOCK * 2 + 5, 6))
+    d = np.sqrt(np.maximum(2 - 2 * ood._unit(many) @ bank.T, 0))
+    assert np.allclose(ood.knn_score(many, bank, k=3), -np.sort(d, axis=1)[:, 2], atol=1e-5)
+
+
+def test_pooled_knn_threshold_accepts_the_chosen_share_of_new_images_more_steadily():
+    """Validation alone (40 images) puts the 5% cut between its 2nd and 3rd lowest scores; with the
+    training images' leave-one-out scores (600) the cut is steadier: over 30 draws the share of
+    new images accepted strays less from 95%."""
+    rng = np.random.default_rng(4)
+    spread = {False: [], True: []}
+    for _ in range(30):
+        train, val, new = (rng.normal(0, 1, (n, 8)) for n in (600, 40, 2000))
+        for pool in spread:
+            det = ood.fit_detector(train, np.zeros(600, int), val, 1, method="knn", accept=0.95, pool_training=pool)
+            spread[pool].append(np.mean(~det.is_unknown(det.score(new))))
+    pooled, alone = np.array(spread[True]), np.array(spread[False])
+    assert abs(pooled.mean() - 0.95) < 0.01
+    assert np.abs(pooled - 0.95).mean() < 0.6 * np.abs(alone - 0.95).mean()
+    assert det.threshold_from == {"validation": 40, "knn_training": 600}
+
+
+def test_a_large_training_set_keeps_a_bounded_knn_bank(monkeypatch):
+    """Beyond KNN_BANK_MAX training features the bank is a seeded random subset; the other training
+    features are scored against it like new photos and still join the threshold."""
+    monkeypatch.setattr(ood, "KNN_BANK_MAX", 150)
+    rng = np.random.default_rng(6)
+    train, val, new = (rng.normal(0, 1, (n, 8)) for n in (900, 60, 3000))
+    det = ood.fit_detector(train, np.zeros(900, int), val, 1, method="knn", accept=0.95, pool_training=True)
+    again = ood.fit_detector(train, np.zeros(900, int), val, 1, method="knn", accept=0.95, pool_training=True)
+    assert det.arrays["bank"].shape == (150, 8) and np.array_equal(det.arrays["bank"], again.arrays["bank"])
+    assert det.threshold_from == {"validation": 60, "knn_training": 900}
+    assert abs(np.mean(~det.is_unknown(det.score(new))) - 0.95) < 0.02
+
+
+def test_probe_out_of_fold_with_mirror_images():
+    """A probe fitted on photos and their mirrors: its folds keep each photo's mirror with it."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from retreino.calibration import probe_out_of_fold
+
+    rng = np.random.default_rng(5)
+    x = np.r_[rng.normal(0, 1, (150, 8)) + 0.7, rng.normal(0, 1, (150, 8)) - 0.7]
+    y = np.repeat([0, 1], 150)
+    mirror = x + rng.normal(0, 0.3, x.shape)  # a mirror image's features: close to its photo's
+    order = rng.permutation(300)
+    x, y, mirror = x[order], y[order], mirror[order]
+    tx, ty, vx, vy, tm, vm = x[:240], y[:240], x[240:], y[240:], mirror[:240], mirror[240:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = LogisticRegression(C=0.1, max_iter=2000).fit(np.r_[tx, tm], np.r_[ty, ty])
+    # Without the mirrors the refitted probe is not this head: refused, as before.
+    assert probe_out_of_fold(tx, ty, vx, vy, head.predict_proba(vx), 2, c=0.1) is None
+    oof = probe_out_of_fold(tx, ty, vx, vy, head.predict_proba(vx), 2, c=0.1, train_mirror=tm, val_mirror=vm)
+    assert oof.shape == (300, 2) and 0.75 < np.mean(oof.argmax(1) == np.r_[ty, vy]) < 1.0
+    averaged = probe_out_of_fold(tx, ty, vx, vy, head.predict_proba(vx), 2, c=0.1, train_mirror=tm,
+                                 val_mirror=vm, average_mirror=True)
+    assert not np.allclose(averaged, oof) and np.allclose(averaged.sum(1), 1)
+    with pytest.raises(ValueError):
+        probe_out_of_fold(tx, ty, vx, vy, head.predict_proba(vx), 2, c=0.1, average_mirror=True)
+
+
 @pytest.fixture(scope="session")
 def unknown_run(unknown_model):
     """conftest's `unknown_model` with its onnx and tflite exports (which carry the features output)."""

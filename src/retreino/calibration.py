@@ -19,6 +19,9 @@ import numpy as np
 
 TINY = 1e-30  # float32 softmax outputs can be exactly 0; log(0) would poison the sum
 ECE_BINS = 15
+# Out of fold only up to this many train + validation images: it exists because a few hundred validation
+# answers fit T noisily, and beyond it the refits and the mirrored features would cost memory in proportion.
+OUT_OF_FOLD_MAX = 10_000
 PROBE_MATCH = 0.02  # probe_out_of_fold: largest gap between a refitted probe and the model's own probabilities
 
 
@@ -86,7 +89,8 @@ def fit_temperature_checked(probs: np.ndarray, y: np.ndarray, folds: int = 5, se
 
 
 def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int, c: float | None = None,
-                      folds: int = 5, seed: int = 0) -> np.ndarray | None:
+                      folds: int = 5, seed: int = 0, train_mirror=None, val_mirror=None,
+                      fit_mirror: bool = True, average_mirror: bool = False) -> np.ndarray | None:
     """Out-of-fold probabilities of train + validation for a model whose head is the linear probe.
 
     For a run whose best epoch is the probe's (recipe.py): its head is a LogisticRegression with
@@ -96,6 +100,12 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
     (whose T is a noisy 1-parameter fit). The check that the head IS that probe: the probe refitted
     on the training features must reproduce the model's own validation probabilities (else None).
     `c` is the probe's C when the run recorded it; else the recipe's validation grid chooses it again.
+
+    Mirrored features (`train_mirror`, `val_mirror`, row for row) serve two cases. `fit_mirror`: the
+    probe learnt from the photos and their mirror images (recipe.py, `probe_mirrored`), so each fold
+    is fitted on its photos and their mirrors, and a held-out photo's mirror never trains the head
+    that answers it. `average_mirror` (the model's flip TTA) answers each held-out photo as
+    predictions will: the mean of its own and its mirror's probabilities.
     """
     import warnings
 
@@ -105,16 +115,28 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
     from .recipe import _full_probs, fit_probe
 
     train_y, val_y = np.asarray(train_y, np.int64), np.asarray(val_y, np.int64)
+    mirrored = train_mirror is not None and val_mirror is not None
+    if (average_mirror or train_mirror is not None or val_mirror is not None) and not mirrored:
+        raise ValueError("probe_out_of_fold: mirrored answers need both train_mirror and val_mirror")
+
+    def fit_rows(rows_x, rows_y, rows_mirror):  # what the probe learns from: the photos (and their mirrors)
+        if rows_mirror is None or not fit_mirror:
+            return rows_x, rows_y
+        return np.r_[rows_x, rows_mirror], np.r_[rows_y, rows_y]
+
     if c is None:
-        lr, c, refit_val = fit_probe(train_x, train_y, val_x, val_y, n_classes)
+        lr, c, refit_val = fit_probe(*fit_rows(train_x, train_y, train_mirror), val_x, val_y, n_classes)
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            refit_val = _full_probs(LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y), val_x, n_classes)
+            lr = LogisticRegression(C=c, max_iter=2000).fit(*fit_rows(train_x, train_y, train_mirror))
+        refit_val = _full_probs(lr, val_x, n_classes)
     # lbfgs stops at a tolerance: features equal to 1e-5 refit to probabilities within ~3e-3 (measured).
+    # The check compares single-pass answers: `val_probs` are the model's own, before any flip average.
     if np.abs(refit_val - np.asarray(val_probs, np.float64)).max() > PROBE_MATCH:
         return None  # not the probe's head after all: its folds would say nothing about this model
     x, y = np.r_[train_x, val_x], np.r_[train_y, val_y]
+    x_mirror = np.r_[train_mirror, val_mirror] if mirrored else None
     counts = np.bincount(y, minlength=n_classes)
     split = (StratifiedKFold if counts[counts > 0].min() >= folds else KFold)(folds, shuffle=True, random_state=seed)
     out = np.zeros((len(y), n_classes), np.float64)
@@ -125,8 +147,11 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
         # regularises each image as much as the probe's fit on the whole training split did.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lr = LogisticRegression(C=c * len(train_y) / len(fit), max_iter=2000).fit(x[fit], y[fit])
+            lr = LogisticRegression(C=c * len(train_y) / len(fit), max_iter=2000).fit(
+                *fit_rows(x[fit], y[fit], None if x_mirror is None else x_mirror[fit]))
         out[held] = _full_probs(lr, x[held], n_classes)
+        if average_mirror:
+            out[held] = (out[held] + _full_probs(lr, x_mirror[held], n_classes)) / 2
     return out
 
 

@@ -10,7 +10,8 @@ are fitted from them (both kept, one used, chosen by measurement: docs/unknown.m
   distance to the k-th nearest training feature.
 
 A higher score means "more like the training data". The threshold is the score that accepts a
-chosen share (default 95%) of the validation images; below it `predict` and `serve` answer
+chosen share (default 95%) of the validation images (for kNN on a linear-probe model, pooled with
+the training images' leave-one-out scores: `fit_detector`); below it `predict` and `serve` answer
 `unknown`, with the score and the class the model would have said. The arrays live in
 `unknown.npz` beside the model (run directory, every export folder); `ModelInfo.unknown` holds
 the method, threshold and file name. Scoring is numpy only (no TensorFlow on the prediction path).
@@ -31,6 +32,11 @@ CALIBRATION_FILE = "calibration.json"  # how the run's temperature was fitted (f
 DEFAULT_METHOD = "knn"  # chosen by measurement: docs/unknown.md
 DEFAULT_ACCEPT = 0.95
 KNN_K = 10
+KNN_BLOCK = 1024  # rows of features scored at once
+# The kNN bank is at most this many training features (a seeded random subset beyond it): unknown.npz
+# travels with every export (10,000 x 1280 float32 = 49 MB), and Sun et al. (ICML 2022, section 4.3)
+# find a random 1% of ImageNet's training set keeps kNN's detection almost unchanged.
+KNN_BANK_MAX = 10_000
 UNKNOWN_LABEL = "unknown"
 METHODS = ("mahalanobis", "knn")
 
@@ -59,10 +65,18 @@ def knn_score(features: np.ndarray, bank: np.ndarray, k: int = KNN_K) -> np.ndar
     f = _unit(features)
     bank = np.asarray(bank, dtype=np.float32)
     k = max(1, min(int(k), len(bank)))
+    kth = np.empty(len(f), np.float64)
+    # In blocks of rows: the whole similarity matrix of 30,000 photos against 30,000 would be 3.6 GB.
+    for i in range(0, len(f), KNN_BLOCK):
+        sims = f[i:i + KNN_BLOCK] @ bank.T
+        kth[i:i + KNN_BLOCK] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
     # |a - b|^2 = 2 - 2 a.b for unit vectors
-    sims = f @ bank.T
-    kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-    return -np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
+    return -np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+
+
+def knn_leave_one_out(bank: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Each bank row's kNN score against the other rows: its own row is its nearest (distance 0)."""
+    return knn_score(bank, bank, k + 1)
 
 
 def msp_score(probs: np.ndarray) -> np.ndarray:
@@ -83,6 +97,7 @@ class UnknownDetector:
     k: int = KNN_K
     accept: float = DEFAULT_ACCEPT
     thresholds: dict[str, float] | None = None
+    threshold_from: dict[str, int] | None = None  # the in-distribution scores the thresholds come from
 
     @property
     def feature_dim(self) -> int:
@@ -101,7 +116,8 @@ class UnknownDetector:
 
     def metadata(self) -> dict[str, Any]:
         return {"method": self.method, "threshold": float(self.threshold), "accept": self.accept, "k": self.k,
-                "file": UNKNOWN_FILE, "feature_dim": self.feature_dim, "thresholds": self.thresholds}
+                "file": UNKNOWN_FILE, "feature_dim": self.feature_dim, "thresholds": self.thresholds,
+                "threshold_from": self.threshold_from}
 
     def save(self, folder: str | Path) -> Path:
         from .atomic import atomic_path
@@ -115,24 +131,47 @@ class UnknownDetector:
 
 def fit_detector(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
                  num_classes: int, method: str = DEFAULT_METHOD, accept: float = DEFAULT_ACCEPT,
-                 k: int = KNN_K) -> UnknownDetector:
-    """Both detectors from training features; thresholds accept `accept` of the validation images."""
+                 k: int = KNN_K, pool_training: bool = False) -> UnknownDetector:
+    """Both detectors from training features; thresholds accept `accept` of the validation images.
+
+    `pool_training`: the features come from weights that never learnt from the training photos
+    (the frozen backbone of a linear-probe model), so a training photo's kNN score against the
+    *other* training photos is drawn like a new photo's: those leave-one-out scores join the
+    validation scores in the kNN threshold, 4-6x more scores than validation alone, whose 5%
+    quantile is noisy (docs/unknown.md). Mahalanobis keeps validation alone: its means and
+    covariance are fitted on the training photos, which sit closer to them than new photos do.
+    """
     if method not in METHODS:
         raise RetreinoError(f"unknown out-of-distribution method {method!r}: use one of {', '.join(METHODS)}")
     if not 0.0 < accept <= 1.0:
         raise RetreinoError(f"the accepted share of validation images must be in (0, 1], not {accept}")
-    f = np.asarray(train_features, dtype=np.float64)
+    # float32 features, float64 sums in blocks: memory stays near one copy of the features at any size.
+    f = np.asarray(train_features, dtype=np.float32)
     y = np.asarray(train_labels, dtype=np.int64)
-    means = np.stack([f[y == c].mean(axis=0) if np.any(y == c) else f.mean(axis=0) for c in range(num_classes)])
-    centred = f - means[y]
-    cov = centred.T @ centred / max(1, len(f))
+    means = np.stack([f[y == c].mean(axis=0, dtype=np.float64) if np.any(y == c) else f.mean(axis=0, dtype=np.float64)
+                      for c in range(num_classes)])
+    cov = np.zeros((f.shape[1], f.shape[1]))
+    for i in range(0, len(f), KNN_BLOCK):
+        centred = f[i:i + KNN_BLOCK] - means[y[i:i + KNN_BLOCK]]
+        cov += centred.T @ centred
+    cov /= max(1, len(f))
     # A few hundred images cannot fill a 1280-dim covariance: shrink towards its mean variance so it inverts.
     shrink = 0.1
     cov = (1 - shrink) * cov + shrink * np.eye(len(cov)) * np.trace(cov) / len(cov)
+    in_bank = np.ones(len(f), bool)
+    if len(f) > KNN_BANK_MAX:
+        in_bank[:] = False
+        in_bank[np.random.default_rng(0).choice(len(f), KNN_BANK_MAX, replace=False)] = True
     arrays = {"means": means.astype(np.float32), "precision": np.linalg.inv(cov).astype(np.float32),
-              "bank": _unit(f).astype(np.float32)}
+              "bank": _unit(f[in_bank]).astype(np.float32)}
     det = UnknownDetector(method, 0.0, arrays, k=k, accept=accept)
-    det.thresholds = {m: float(np.quantile(det.score(val_features, m), 1.0 - accept)) for m in METHODS}
+    scores = {m: det.score(val_features, m) for m in METHODS}
+    training = np.empty(0)
+    if pool_training:  # bank rows against the other bank rows; training rows outside the bank like new photos
+        training = np.r_[knn_leave_one_out(arrays["bank"], k), knn_score(f[~in_bank], arrays["bank"], k)]
+    scores["knn"] = np.r_[scores["knn"], training]
+    det.thresholds = {m: float(np.quantile(scores[m], 1.0 - accept)) for m in METHODS}
+    det.threshold_from = {"validation": int(len(val_features)), "knn_training": int(len(training))}
     det.threshold = det.thresholds[method]
     return det
 
@@ -149,7 +188,8 @@ def load_detector(info, folder: str | Path | None = None) -> UnknownDetector | N
     with np.load(path, allow_pickle=False) as z:
         arrays = {name: z[name] for name in z.files}
     return UnknownDetector(meta["method"], float(meta["threshold"]), arrays, k=int(meta.get("k", KNN_K)),
-                           accept=float(meta.get("accept", DEFAULT_ACCEPT)), thresholds=meta.get("thresholds"))
+                           accept=float(meta.get("accept", DEFAULT_ACCEPT)), thresholds=meta.get("thresholds"),
+                           threshold_from=meta.get("threshold_from"))
 
 
 # --------------------------------------------------------------------------- model outputs
@@ -202,7 +242,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     `calibration.json` and re-saves the model files with the new metadata.
     """
     from . import runs
-    from .calibration import expected_calibration_error, fit_temperature_checked, probe_out_of_fold
+    from .calibration import OUT_OF_FOLD_MAX, expected_calibration_error, fit_temperature_checked, probe_out_of_fold
     from .models import load_model, save_model
 
     run_dir = Path(trainer.run_dir)
@@ -227,27 +267,35 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     trainer.printer("Calibrating: temperature and unknown detector from the training and validation features")
     _, train_f, train_y = forward(train_ds)
     val_p, val_f, val_y = forward(val_ds)
+    single_val_p = val_p
     # Flip TTA first: the temperature calibrates the answers predictions will really give.
     choice = getattr(trainer.cfg, "tta", "auto")
-    mirrored = forward(val_ds, flip=True)[0] if choice != "off" else val_p
-    info.tta, tta_record = tta.decide(choice, val_p, mirrored, val_y)
+    mirror_val_p, mirror_val_f, _ = forward(val_ds, flip=True) if choice != "off" else (val_p, None, None)
+    info.tta, tta_record = tta.decide(choice, val_p, mirror_val_p, val_y)
     trainer.printer(tta.describe(tta_record))
     if info.tta:
-        val_p = tta.average(val_p, mirrored)
+        val_p = tta.average(val_p, mirror_val_p)
     state = runs.RunDir(run_dir).read_state()
     oof = None
-    # Out-of-fold answers are single-pass ones of a probe fitted on the training photos alone: not for a
-    # flip-averaged model, nor for a probe that also learnt from mirrored copies (its folds would differ).
-    if _best_is_probe(run_dir, state) and not info.tta and not state.extra.get("probe_mirrored"):
-        oof = probe_out_of_fold(train_f, train_y, val_f, val_y, val_p, len(info.class_names),
-                                c=state.extra.get("probe_c"))
+    if _best_is_probe(run_dir, state) and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
+        # A probe that learnt from mirror images, or a flip-averaged model, needs the mirrored
+        # features in its folds too (calibration.probe_out_of_fold).
+        mirrors = {}
+        if state.extra.get("probe_mirrored") or info.tta:
+            if mirror_val_f is None:
+                mirror_val_f = forward(val_ds, flip=True)[1]
+            mirrors = {"train_mirror": forward(train_ds, flip=True)[1], "val_mirror": mirror_val_f,
+                       "fit_mirror": bool(state.extra.get("probe_mirrored"))}
+        oof = probe_out_of_fold(train_f, train_y, val_f, val_y, single_val_p, len(info.class_names),
+                                c=state.extra.get("probe_c"), average_mirror=bool(info.tta), **mirrors)
     if oof is not None:  # the head is the linear probe: T from its out-of-fold train + validation probabilities
         cal_p, cal_y, source = oof, np.r_[train_y, val_y], "out-of-fold train+validation"
     else:
         cal_p, cal_y, source = val_p, val_y, "validation"
     temperature, check = fit_temperature_checked(cal_p, cal_y)
     check["source"] = source
-    det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept)
+    det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept,
+                       pool_training=_best_is_probe(run_dir, state))
     det.save(run_dir)
     info.temperature = temperature
     info.unknown = det.metadata()
@@ -268,8 +316,17 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
                f"ECE ({check['heldout_ece_raw']:.4f} -> {check['heldout_ece_scaled']:.4f}): kept 1")
     trainer.printer(f"Temperature {temperature:.3f} ({how}; validation ECE {record['validation_ece_before']:.3f} -> "
                     f"{record['validation_ece_after']:.3f}); unknown below {det.method} score {det.threshold:.4g} "
-                    f"({accept:.0%} of validation images accepted)")
+                    f"(accepts {accept:.0%} of {_threshold_source(det)})")
     return record
+
+
+def _threshold_source(det: UnknownDetector) -> str:
+    """What the threshold was set on, for the training log."""
+    source = det.threshold_from or {}
+    text = f"{source.get('validation', 0):,} validation images"
+    if det.method == "knn" and source.get("knn_training"):
+        text += f" and {source['knn_training']:,} training images scored leave-one-out"
+    return text
 
 
 def _best_is_probe(run_dir: Path, state) -> bool:
@@ -285,17 +342,9 @@ def _best_is_probe(run_dir: Path, state) -> bool:
 
 def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:
     """`fit_after_training` for a run trained before (rebuilds its data from config.json)."""
-    from . import runs
-    from .config import TrainConfig
-    from .models import load_model
     from .training import _Trainer
 
-    run_dir = Path(run_dir)
-    cfg = TrainConfig.from_dict(runs.RunDir(run_dir).require_config()["config"])
-    trainer = _Trainer(cfg, printer=printer, run_dir=run_dir)
-    trainer.loaded = load_model(run_dir / runs.BEST_KERAS)
-    trainer.setup(fresh=False)
-    return fit_after_training(trainer, **kw)
+    return fit_after_training(_Trainer.reopen(Path(run_dir), printer=printer), **kw)
 
 
 # --------------------------------------------------------------------------- evaluate --ood

@@ -38,24 +38,61 @@ def _resume_locked(run_dir: Path, printer, callbacks: list | None) -> Run:
     cfg = TrainConfig.from_dict(record["config"])
     history = [row for row in run.read_history() if int(row["epoch"]) <= state.epoch]
     if state.finished:
+        done = Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
+        if _calibration_missing(run_dir) and not _resumes_as_worker(run_dir):
+            # Training ended but the end-of-training step did not (killed, or a peer lost, while
+            # calibrating): do that step alone, the epochs are all there.
+            printer(f"{run_dir} finished its {state.epoch} epochs but not its calibration; calibrating now")
+            _finish_only(run_dir, done, printer)
+            return done
         printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
-        return Run(run_dir, cfg, record["data"]["class_names"], history, state.best_epoch, state.best)
+        return done
     from .speed.devices import run_context
 
     with run_context(cfg, printer=printer) as strategy:
         if strategy is not None and not _is_chief(strategy):
             # A worker resumes from the chief's run directory (it must see the same path) as it is
             # now, in a copy of its own: the chief alone writes the run directory.
-            import shutil
-
             with _worker_runs_dir(cfg, strategy, printer) as tmp:
-                copy = tmp / run_dir.name
-                copy.mkdir()
-                for name in (runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS):
-                    if (run_dir / name).exists():
-                        shutil.copy2(run_dir / name, copy / name)
+                copy = _worker_copy(run_dir, tmp / run_dir.name)
                 return _resume_run(copy, cfg, record, state, history, printer, callbacks)
         return _resume_run(run_dir, cfg, record, state, history, printer, callbacks)
+
+
+def _worker_copy(run_dir: Path, copy: Path) -> Path:
+    """A non-chief worker's private copy of the chief's run directory, to resume from.
+
+    Every file whose presence steers the steps must be there, the best model included: the chief
+    calibrates its best model at the end (`ood.fit_after_training`, which loads it under the
+    strategy, a collective broadcast), and a worker without one skipped that, exited, and left the
+    chief's broadcast waiting on a peer that was gone. The pending pair and its commit mark are
+    copied first, then `recover_best` settles them as the chief's lock does in the run directory:
+    a copy taken while the chief rolls a committed pair forward still ends on the same epoch.
+    """
+    import shutil
+
+    copy.mkdir()
+    names = (runs.COMMIT, *runs.PENDING.values(), runs.BEST_KERAS, runs.BEST_H5,
+             runs.CONFIG, runs.STATE, runs.HISTORY, runs.LAST, runs.LABELS)
+    for name in names:
+        try:
+            shutil.copy2(run_dir / name, copy / name)
+        except FileNotFoundError:  # not written yet (no best before epoch 1), or just renamed by the chief
+            pass
+    runs.recover_best(copy)
+    return copy
+
+
+def _calibration_missing(run_dir: Path) -> bool:
+    """A best model without the record `ood.fit_after_training` writes last."""
+    from .ood import CALIBRATION_FILE
+
+    return (run_dir / runs.BEST_KERAS).exists() and not (run_dir / CALIBRATION_FILE).exists()
+
+
+def _finish_only(run_dir: Path, run: Run, printer) -> None:
+    """`_Trainer.finish` for a finished run: calibration, curves, report, the closing lines."""
+    _Trainer.reopen(run_dir, printer=printer).finish(run)
 
 
 def _resumes_as_worker(run_dir: Path) -> bool:

@@ -151,6 +151,15 @@ class _Trainer:
         self.cfg, self.printer, self.run_dir = cfg, printer, run_dir
         self.extra_callbacks = list(callbacks or [])
 
+    @classmethod
+    def reopen(cls, run_dir: Path, printer=print) -> "_Trainer":
+        """The trainer of a finished run, its best model loaded and its data rebuilt from config.json."""
+        cfg = TrainConfig.from_dict(RunDir(run_dir).require_config()["config"])
+        trainer = cls(cfg, printer=printer, run_dir=Path(run_dir))
+        trainer.loaded = load_model(Path(run_dir) / runs.BEST_KERAS)
+        trainer.setup(fresh=False)
+        return trainer
+
     def setup(self, fresh: bool):
         """Load the dataset and (when `fresh`) the model with its new head; a resume sets `loaded` first."""
         from .data import load_dataset
