@@ -201,6 +201,21 @@ def install_json_errors(app: FastAPI) -> None:
         return JSONResponse({"error": "internal_error", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
 
 
+def install_page(app: FastAPI, static: Path, csp: str) -> None:
+    """`/` (the page, under its Content-Security-Policy, never cached stale) and `/favicon.ico` from `static`.
+
+    Shared by `retreino serve` and `retreino studio`: each page is one index.html with its own CSP.
+    """
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(static / "index.html", headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(static / "favicon.svg", media_type="image/svg+xml")
+
+
 def create_app(predictor, settings: ServeSettings | None = None, model_file: str | None = None, class_names: list[str] | None = None) -> FastAPI:
     """The service for one `retreino.inference.Predictor`; `class_names` are display names in class order."""
     settings = settings or ServeSettings()
@@ -243,15 +258,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
 
     install_json_errors(app)
 
-    # ---- the page --------------------------------------------------------------------------
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon():
-        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+    install_page(app, STATIC, PAGE_CSP)
 
     # ---- the API -------------------------------------------------------------------------
 

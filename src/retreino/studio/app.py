@@ -43,7 +43,7 @@ from .. import __version__
 from ..atomic import read_json, write_json
 from ..errors import DataError, RetreinoError
 from ..runs import RunDir, folder_name, read_csv_rows
-from ..serve.app import decode_error, install_json_errors
+from ..serve.app import decode_error, install_json_errors, install_page
 from ..serve.uploads import UploadError, check_request_pixels, read_uploads
 from .jobs import JobRunner, describe_run, list_runs
 from .models import add_model, list_models, remove_stale_uploads
@@ -139,14 +139,7 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             raise ProjectError(f"no run {name!r}", 404, "no_such_run")
         return run
 
-    # ---- the page ----------------------------------------------------------------------------
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon():
-        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+    install_page(app, STATIC, PAGE_CSP)
 
     # ---- project and classes -------------------------------------------------------------------
     @app.get("/api/project")
