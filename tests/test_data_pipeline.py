@@ -133,3 +133,28 @@ def test_notebook_augmentation_yields_valid_batches(subset):
     # Same seed, same shuffle: only augmentation tells them apart.
     y0 = batches(plain)[0]
     assert np.array_equal(y0[1], out[0][1]) and not np.allclose(y0[0], out[0][0])
+
+
+def test_a_split_is_decoded_once_for_all_the_pipelines_that_share_a_memo(tmp_path):
+    """The probe, fine-tuning and calibration each build a pipeline of the training split: with one
+    `decoded` memo (TrainingData's) the images are decoded once, so memory holds one copy. Proof that
+    the second pipeline did not read the files: it still has every image after they were overwritten."""
+    import shutil
+
+    from PIL import Image
+
+    for cls in ("cats", "dogs"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for p in real_images("train", cls, 4):
+            shutil.copy(p, tmp_path / "data" / cls / p.name)
+    split = load_dataset(tmp_path / "data", val_split=0.25, test_split=0.0).train
+    memo: dict = {}
+    kw = dict(image_size=(64, 64), batch_size=4, decoded=memo, label_mode="int")
+    first = np.concatenate([b[0] for b in batches(make_pipeline(split, **kw))])
+    for path in split.paths:  # every file now a flat grey picture
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(path, format="JPEG")
+    again = np.concatenate([b[0] for b in batches(make_pipeline(split, **kw))])
+    assert len(memo) == 1 and first.std() > 0.1
+    np.testing.assert_array_equal(again, first)
+    fresh = np.concatenate([b[0] for b in batches(make_pipeline(split, **{**kw, "decoded": {}}))])
+    assert fresh.std() < 0.05  # without the memo the files are read again

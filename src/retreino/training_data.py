@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,8 @@ class TrainingData:
     dataset: object
     info: ModelInfo
     label_mode: str  # "binary" for a 1-unit sigmoid head, else "categorical"
+    # Each split decoded once for every pipeline of the run (make_pipeline's `decoded`).
+    decoded: dict = field(default_factory=dict, repr=False)
 
     def pipelines(self, ordered_train: bool = False):
         """(train, validation) datasets of scaled images; `ordered_train` gives the training split
@@ -36,7 +38,7 @@ class TrainingData:
             image_size=info.input_size, preprocessing=info.preprocessing, batch_size=cfg.batch_size,
             num_classes=len(ds.class_names), label_mode=self.label_mode, resize_mode=info.resize,
             interpolation=info.interpolation,
-            cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed,
+            cache_budget_mb=cfg.cache_budget_mb, seed=cfg.seed, decoded=self.decoded,
         )
         augment = cfg.augment if cfg.augment.enabled else None
         if ordered_train:

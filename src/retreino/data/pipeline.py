@@ -159,7 +159,7 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
                   num_classes: int | None = None, label_mode: str | None = "categorical",
                   resize_mode: str = "stretch", cache: bool = True, cache_budget_mb: float = 2048,
                   shuffle: bool | None = None, seed: int = 42, drop_remainder: bool = False,
-                  interpolation: str = "bilinear") -> tf.data.Dataset:
+                  interpolation: str = "bilinear", decoded: dict | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of (float32 images (B, H, W, 3) scaled for the model, labels).
 
     `split_or_paths` is a `Split` from `load_dataset` (labels and class count come with it) or a
@@ -167,6 +167,9 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
     only, for prediction). Augmentation runs only when `training=True` and `augment` is given.
     With `training=False` the order is the input order: batch i is paths[i*B:(i+1)*B].
     Labels: "categorical" one-hot float32, "binary" (B, 1) float32, "int" int32, None for none.
+    `decoded`: a dict the caller keeps for all the pipelines of one job (`TrainingData` does): a
+    `Split` is then decoded once for all of them, not once per pipeline (the linear probe, the
+    fine-tuning and the calibration each ask for the training split: three copies of it in memory).
     """
     if label_mode not in LABEL_MODES:
         raise DataError(f"unknown label_mode {label_mode!r}: use categorical, binary, int or None")
@@ -204,14 +207,20 @@ def make_pipeline(split_or_paths, labels=None, *, image_size=(224, 224), preproc
 
     fits = n * h * w * 3 <= cache_budget_mb * 2**20
     if cache:
-        what = f"decoding {split_or_paths.name}" if scanned else "decoding"
-        if not fits:
-            from ..console import info
+        key = (id(split_or_paths), h, w, resize_mode, interpolation) if scanned and decoded is not None else None
+        if key is not None and key in decoded:
+            images, errors = decoded[key][1:]
+        else:
+            what = f"decoding {split_or_paths.name}" if scanned else "decoding"
+            if not fits:
+                from ..console import info
 
-            info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} MB "
-                 f"cache budget: caching them in a file on disk instead")
-        images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
-                                      out=None if fits else spill_array(n, h, w), interpolation=interpolation)
+                info(f"{n:,} images at {h}x{w} need {n * h * w * 3 / 2**20:,.0f} MB, over the {cache_budget_mb:,.0f} "
+                     f"MB cache budget: caching them in a file on disk instead")
+            images, errors = _decode_many(paths, (h, w), resize_mode, desc=what,
+                                          out=None if fits else spill_array(n, h, w), interpolation=interpolation)
+            if key is not None:
+                decoded[key] = (split_or_paths, images, errors)  # the Split kept alive: its id stays its own
         rows = np.arange(n)
         if errors:
             keep = np.array([i not in errors for i in range(n)])
