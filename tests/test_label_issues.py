@@ -36,16 +36,22 @@ def _listing(data: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_check_data_model_names_the_moved_photos(tmp_path, capsys):
-    need_shared()
+def _check_data_with_model(data: Path, tmp_path: Path, capsys) -> tuple[dict[str, bytes], Path, Path]:
+    """`check-data DATA --model water_bottles --out OUT --write-fixes PLAN` -> (the files before, OUT, PLAN)."""
     from retreino.cli import main
 
-    data, moved = _mislabelled_copy(tmp_path)
     before = _listing(data)
     out, plan = tmp_path / "out", tmp_path / "plan.csv"
     out.mkdir()
     main(["check-data", str(data), "--model", str(WATER_BOTTLES), "--out", str(out), "--write-fixes", str(plan)])
     capsys.readouterr()
+    return before, out, plan
+
+
+def test_check_data_model_names_the_moved_photos(tmp_path, capsys):
+    need_shared()
+    data, moved = _mislabelled_copy(tmp_path)
+    before, out, plan = _check_data_with_model(data, tmp_path, capsys)
 
     assert _listing(data) == before, "check-data moved or altered a user's file"
     assert (out / "label_issues.png").stat().st_size > 0
@@ -80,8 +86,6 @@ def test_model_options_without_model_are_refused_at_the_door(tmp_path, capsys):
 def test_labels_csv_gets_a_relabel_plan_and_no_file_moves(tmp_path, capsys):
     """A labels-CSV dataset (real cat breed photos): the plan relabels CSV rows; images and CSV stay as they were."""
     need_shared()
-    from retreino.cli import main
-
     with open(CAT_BREEDS / "labels.csv", newline="", encoding="utf-8") as fh:
         header, *rows = list(csv.reader(fh))
     by_breed: dict[str, list[list[str]]] = {}
@@ -98,11 +102,7 @@ def test_labels_csv_gets_a_relabel_plan_and_no_file_moves(tmp_path, capsys):
         r[1] = "American Wirehair"
     with open(data / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([header, *keep])
-    before = _listing(data)
-    out, plan = tmp_path / "out", tmp_path / "plan.csv"
-    out.mkdir()
-    main(["check-data", str(data), "--model", str(WATER_BOTTLES), "--out", str(out), "--write-fixes", str(plan)])
-    capsys.readouterr()
+    before, out, plan = _check_data_with_model(data, tmp_path, capsys)
 
     assert _listing(data) == before, "check-data moved or altered a user's file or its labels CSV"
     with open(plan, newline="", encoding="utf-8") as fh:
