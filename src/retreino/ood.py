@@ -276,8 +276,9 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     if info.tta:
         val_p = tta.average(val_p, mirror_val_p)
     state = runs.RunDir(run_dir).read_state()
+    best_is_probe = _best_is_probe(run_dir, state)
     oof = None
-    if _best_is_probe(run_dir, state) and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
+    if best_is_probe and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
         # A probe that learnt from mirror images, or a flip-averaged model, needs the mirrored
         # features in its folds too (calibration.probe_out_of_fold).
         mirrors = {}
@@ -295,7 +296,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     temperature, check = fit_temperature_checked(cal_p, cal_y)
     check["source"] = source
     det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept,
-                       pool_training=_best_is_probe(run_dir, state))
+                       pool_training=best_is_probe)
     det.save(run_dir)
     info.temperature = temperature
     info.unknown = det.metadata()
@@ -325,7 +326,7 @@ def _threshold_source(det: UnknownDetector) -> str:
     source = det.threshold_from or {}
     text = f"{source.get('validation', 0):,} validation images"
     if det.method == "knn" and source.get("knn_training"):
-        text += f" and {source['knn_training']:,} training images scored leave-one-out"
+        text += f" and {source['knn_training']:,} training images, each scored against the others"
     return text
 
 

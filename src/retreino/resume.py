@@ -43,7 +43,7 @@ def _resume_locked(run_dir: Path, printer, callbacks: list | None) -> Run:
             # Training ended but the end-of-training step did not (killed, or a peer lost, while
             # calibrating): do that step alone, the epochs are all there.
             printer(f"{run_dir} finished its {state.epoch} epochs but not its calibration; calibrating now")
-            _finish_only(run_dir, done, printer)
+            _Trainer.reopen(run_dir, printer=printer).finish(done)  # curves, report, closing lines too
             return done
         printer(f"{run_dir} already finished ({state.epoch} epochs); nothing to resume")
         return done
@@ -88,11 +88,6 @@ def _calibration_missing(run_dir: Path) -> bool:
     from .ood import CALIBRATION_FILE
 
     return (run_dir / runs.BEST_KERAS).exists() and not (run_dir / CALIBRATION_FILE).exists()
-
-
-def _finish_only(run_dir: Path, run: Run, printer) -> None:
-    """`_Trainer.finish` for a finished run: calibration, curves, report, the closing lines."""
-    _Trainer.reopen(run_dir, printer=printer).finish(run)
 
 
 def _resumes_as_worker(run_dir: Path) -> bool:
