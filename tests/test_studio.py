@@ -145,6 +145,38 @@ def test_a_file_is_not_a_project(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().endswith("not a folder (PROJECT_DIR is a folder of <class>/ sub-folders)")
 
 
+def test_a_check_data_job_that_finds_problems_is_done_and_one_that_dies_is_failed(tmp_path):
+    """check-data's exit status 1 means "problems found": the job is done, with its problems counted; the same
+    status without a whole report (a traceback: Python's exit status for a crash is also 1) is a failure."""
+    need_shared()
+    from retreino.studio.jobs import Job, JobRunner
+
+    project = tmp_path / "one"
+    (project / "cats").mkdir(parents=True)
+    for f in real_images("train", "cats", 3):
+        link_or_copy(f, project / "cats" / f.name)
+    (tmp_path / "jobs").mkdir()
+    runner = JobRunner(tmp_path / "runs", tmp_path / "jobs")
+    job = runner.start("label-issues", "r", ["check-data", str(project)])
+    wait_for(lambda: runner.current is None, 60, "check-data to end")
+    assert job.returncode == 1, job.log_tail()  # one class: fatal, check-data's "not ready"
+    assert job.status == "done" and job.detail["fatal"] == 1 <= job.detail["problems"], job.to_dict()
+    assert job.detail["verdict"].startswith("NOT READY") and job.to_dict()["problems"] == job.detail["problems"]
+    assert '"verdict"' not in job.log_tail()  # the JSON report is the job's answer, not its log
+    bad = runner.start("label-issues", "r", ["check-data", str(project), "--folds", "1"])
+    wait_for(lambda: runner.current is None, 60, "check-data to refuse")
+    assert bad.returncode == 2 and bad.status == "failed" and "--folds" in bad.log_tail()
+
+    # what a crash leaves on stdout: nothing, or a report cut short
+    for i, text in enumerate(["", '{\n  "root": "x",\n  "problems": [\n']):
+        report = tmp_path / "jobs" / f"crash-{i}.json"
+        report.write_text(text)
+        crashed = Job(f"crash-{i}", "label-issues", "r", ["check-data"], tmp_path / "none.log", report=report)
+        crashed.read_report()
+        crashed.returncode = 1
+        assert crashed.status == "failed" and "problems" not in crashed.to_dict()
+
+
 # ---- the project API on a real server ---------------------------------------------------------------
 
 
@@ -281,6 +313,14 @@ def test_a_dropped_starting_model_is_checked_before_it_is_offered(tmp_path):
         listed = studio.api("GET", "/api/project").json()
         assert [m["name"] for m in listed["models"]] == ["tm-my-image-model", "bottles"]
         assert [c["name"] for c in listed["classes"]] == ["cats", "dogs"]
+        # removing one: only its folder, and only a dropped model's (never a backbone, the --model, or a path)
+        for name, status in (("mobilenet_v2", 404), (WATER_BOTTLES.name, 404), (".upload-1", 400), ("a:b", 400)):
+            r = studio.api("DELETE", f"/api/models/{name}")
+            assert r.status_code == status and "\n" not in r.json()["detail"], (name, r.text)
+        r = studio.api("DELETE", "/api/models/tm-my-image-model")
+        assert r.status_code == 200 and [m["name"] for m in r.json()["models"]] == ["bottles"], r.text
+        assert sorted(p.name for p in models.iterdir()) == ["bottles"] and WATER_BOTTLES.is_dir()
+        assert studio.api("DELETE", "/api/models/tm-my-image-model").status_code == 404
         # a model for this project, whatever it was trained on: the train form accepts its path
         r = studio.api("POST", "/api/train", json={"model": kept["path"], "epochs": -1})
         assert r.status_code == 400 and "epochs" in r.json()["detail"], r.text
@@ -309,6 +349,18 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
             page.set_input_files("#file-input", [str(p) for p in real_images("train", cls, 8)])
             wait_for(lambda: count_of(page, cls) == 8, 60, f"8 {cls} uploaded")
         page.wait_for_selector("#grid .cell img")
+        # two more cats: one dropped on the grid from a file manager, one pasted (a screenshot tool's "image.png")
+        page.click("#class-list li[data-class='cats']")
+        dropped, pasted = real_images("train", "cats", 10)[8:]
+        drop_files(page, "#grid", [dropped])
+        wait_for(lambda: count_of(page, "cats") == 9, 60, "the dropped cat")
+        paste_file(page, pasted, "image.png")
+        wait_for(lambda: count_of(page, "cats") == 10, 60, "the pasted cat")
+        assert (project / "cats" / dropped.name).read_bytes() == dropped.read_bytes()
+        assert (project / "cats" / "image.jpg").read_bytes() == pasted.read_bytes()  # JPEG bytes: saved as .jpg
+        page.wait_for_selector("#grid .cell[data-name='image.jpg'] img")
+        page.click("#class-list li[data-class='dogs']")
+        page.wait_for_selector("#class-list li[data-class='dogs'].selected")
         page.click("#cam-start")
         wait_for(lambda: page.evaluate("document.querySelector('#cam-video').readyState >= 2"), 30, "the camera")
         page.hover("#cam-hold")
@@ -434,6 +486,17 @@ def drop_files(page, selector: str, paths: list[Path]) -> None:
     page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
 
 
+def paste_file(page, path: Path, name: str) -> None:
+    """A paste of one real image, as Ctrl+V of a copied picture makes (a ClipboardEvent whose DataTransfer holds a File)."""
+    import base64
+
+    page.evaluate("""([name, b64]) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type: "image/png" }));
+      document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt, bubbles: true }));
+    }""", [name, base64.b64encode(path.read_bytes()).decode()])
+
+
 def job_end(page, kind: str, timeout: float) -> str:
     """The status the page shows once its `kind` job has ended (done, failed or stopped)."""
     def ended():
@@ -481,6 +544,15 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         assert page.locator(f"#models option[value='{kept}']").count() == 1
         assert "5 Galoon" in page.inner_text("#model-status")
         shot(page, "model")
+        # each dropped model is listed with a remove button: the TF.js one goes, folder and all
+        tm = project / ".retreino" / "models" / "tm-my-image-model"
+        assert page.locator("#model-list li[data-model='keras_model'].selected").count() == 1
+        page.once("dialog", lambda d: d.accept())
+        page.click("#model-list li[data-model='tm-my-image-model'] button.del")
+        page.wait_for_selector("#model-list li[data-model='tm-my-image-model']", state="detached")
+        assert not tm.exists() and kept.is_file()
+        assert page.locator(f"#models option[value='{tm / 'model.json'}']").count() == 0
+        assert page.input_value("#train-model") == str(kept)
         page.fill("#train-epochs", "1")
         page.fill("#train-batch", "8")
         page.fill("#train-name", "dropped")
@@ -526,11 +598,17 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
 
         # possible wrong labels: check-data --model RUN as a job; the page lists what label_issues.csv says
         page.click("#issues-btn")
-        job_end(page, "label-issues", 300)
+        # done, with what check-data found (its exit status 1 would say "problems", never "failed")
+        assert job_end(page, "label-issues", 300) == "done", page.inner_text("#log")
         page.wait_for_selector("#label-issues[data-state='done']")
         from retreino.runs import read_csv_rows
 
         rows = read_csv_rows(run_dir / "label_issues" / "label_issues.csv")
+        job_id = page.evaluate("state.job.id")
+        report = json.loads((project / ".retreino" / "jobs" / f"{job_id}.json").read_text())
+        found = len(report["problems"])
+        assert found >= len(rows) and page.get_attribute("#job-status", "data-problems") == str(found)
+        assert f"{found} problem" in page.inner_text("#job-status")
         shown = page.locator("#label-issues figure")
         assert shown.count() == len(rows)
         assert page.inner_text("#label-issues-count") == f"{len(rows)} found"
@@ -546,6 +624,10 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         page.check("#why")
         wait_for(lambda: all(w == "ready" for w in figures.evaluate_all("fs => fs.map(f => f.dataset.why)")), 240,
                  "every test image's Grad-CAM")
+        # and each suspect's: where the model sees the class it "looks like", from the same endpoint
+        wait_for(lambda: all(w == "ready" for w in shown.evaluate_all("fs => fs.map(f => f.dataset.why)")), 240,
+                 "every suspect's Grad-CAM")
+        assert shown.first.locator("img.why").is_visible() and not shown.first.locator("img.thumb").is_visible()
         figures.first.scroll_into_view_if_needed()
         shot(page, "evaluate-why")
     finally:

@@ -10,6 +10,7 @@
     GET    /api/classes/{c}/images/{name}/thumb     cached thumbnail; DELETE /api/classes/{c}/images/{name}
     GET    /api/models                        starting models dropped on the page (studio/models.py)
     POST   /api/models?name=                  multipart model files: kept once `retreino inspect` opens them
+    DELETE /api/models/{name}                 remove a dropped model's folder (never a backbone or --model)
     GET    /api/runs                          every run of the project, with history and status
     POST   /api/train {model, epochs, ...}    `retreino train` job; POST /api/runs/{r}/resume, /evaluate, /export
     POST   /api/jobs/stop                     stop the running job (training keeps every finished epoch)
@@ -46,7 +47,7 @@ from ..runs import RunDir, folder_name, read_csv_rows
 from ..serve.app import decode_error, install_json_errors, install_page
 from ..serve.uploads import UploadError, check_request_pixels, read_uploads
 from .jobs import JobRunner, describe_run, list_runs
-from .models import add_model, list_models, remove_stale_uploads
+from .models import add_model, list_models, remove_model, remove_stale_uploads
 from .project import Project, ProjectError, check_name
 
 STATIC = Path(__file__).parent / "static"
@@ -246,6 +247,15 @@ def create_app(project: Project | str, settings: StudioSettings | None = None) -
             files[u.filename] = u.data
         # A child process opens it (seconds: it imports TensorFlow); the pool keeps the event loop free meanwhile.
         return {"model": await in_pool(add_model, project.models_dir, files, name)}
+
+    @app.delete("/api/models/{name}")
+    async def delete_model(name: str):
+        job = runner.current
+        folder = project.models_dir / check_name(name, "model name")
+        if job is not None and any(folder in (Path(a), *Path(a).parents) for a in job.argv):
+            raise ProjectError(f"the running {job.kind} job uses model {name}: stop it or wait for it to finish", 409, "busy")
+        remove_model(project.models_dir, name)
+        return {"deleted": name, "models": list_models(project.models_dir)}
 
     # ---- runs and jobs ---------------------------------------------------------------------------
     @app.get("/api/runs")

@@ -16,6 +16,7 @@ finished one.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -31,12 +32,16 @@ from .project import ProjectError
 # batches, then saves its curves) before it is killed.
 STOP_GRACE_S = float(os.environ.get("RETREINO_STUDIO_STOP_GRACE_S", "30"))
 LOG_TAIL_BYTES = 64 * 1024
+# Commands whose exit status 1 is an answer, not a crash: check-data exits 1 when it found fatal problems.
+# Run with --json, their stdout (the report) goes to its own file; a job whose report is there and whole
+# is "done" with its problems counted, one that died before printing it (a traceback, also status 1) "failed".
+REPORTING = ("check-data",)
 
 
 @dataclass
 class Job:
     id: str
-    kind: str  # train | resume | evaluate | export
+    kind: str  # train | resume | evaluate | export | label-issues
     run: str  # the run directory's name under PROJECT/.retreino/runs
     argv: list[str]
     log: Path
@@ -45,7 +50,8 @@ class Job:
     ended: float | None = None
     returncode: int | None = None
     stopping: bool = False
-    detail: dict = field(default_factory=dict)  # e.g. {"format": "tflite"}
+    detail: dict = field(default_factory=dict)  # e.g. {"format": "tflite"}; a report's {"problems", "fatal", "verdict"}
+    report: Path | None = None  # where a REPORTING command's --json report is written (its stdout)
 
     @property
     def running(self) -> bool:
@@ -55,7 +61,7 @@ class Job:
     def status(self) -> str:
         if self.running:
             return "stopping" if self.stopping else "running"
-        if self.returncode == 0:
+        if self.returncode == 0 or (self.returncode == 1 and "verdict" in self.detail):
             return "done"
         return "stopped" if self.stopping or self.returncode in (130, -signal.SIGINT) else "failed"
 
@@ -72,6 +78,21 @@ class Job:
                 return fh.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def read_report(self) -> None:
+        """A finished REPORTING job: its verdict and problem counts into `detail` (nothing when the report is not whole)."""
+        if self.report is None:
+            return
+        try:
+            text = self.report.read_text(errors="replace")
+            # The report is printed last, indented: its opening brace is the only one at the start of a line.
+            report = json.loads(text[0 if text.startswith("{") else text.rfind("\n{\n") + 1:])
+        except (OSError, ValueError):
+            return
+        if isinstance(report, dict) and isinstance(report.get("problems"), list) and "verdict" in report:
+            problems = report["problems"]
+            self.detail.update(problems=len(problems), fatal=sum(1 for p in problems if p.get("fatal")),
+                               verdict=str(report["verdict"]))
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -105,19 +126,24 @@ class JobRunner:
         self._n += 1
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self._n}-{kind}"
         log = self.jobs_dir / f"{job_id}.log"
+        report = self.jobs_dir / f"{job_id}.json" if args[:1] and args[0] in REPORTING else None
+        if report is not None:
+            args = [*args, "--json"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RETREINO_QUIET": "1"}
-        with open(log, "wb") as out:
+        with open(log, "wb") as out, open(report or os.devnull, "wb") as stdout:
             proc = subprocess.Popen(
-                [self.python, "-m", "retreino", *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                [self.python, "-m", "retreino", *args], stdin=subprocess.DEVNULL, stdout=stdout if report else out,
+                stderr=out if report else subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
-        job = Job(job_id, kind, run, list(args), log, proc, detail=detail)
+        job = Job(job_id, kind, run, list(args), log, proc, detail=detail, report=report)
         self.jobs.append(job)
         return job
 
     def poll(self) -> None:
         for job in self.jobs:
             if job.running and job.proc is not None and job.proc.poll() is not None:
+                job.read_report()  # before the return code: status never reads "failed" for a report being read
                 job.returncode, job.ended = job.proc.returncode, time.time()
 
     def stop(self, job_id: str | None = None) -> Job:

@@ -98,12 +98,12 @@ def add_model(models_dir: Path, files: dict[str, bytes], wanted: str | None = No
 
 
 def remove_stale_uploads(models_dir: Path) -> None:
-    """Staging folders of a studio that was killed while a model was being opened (its pid is in the name).
+    """Staging folders of a studio that was killed while a model was being opened or removed (its pid is in the name).
 
     Linux only (/proc tells a live pid from a dead one); elsewhere they stay, never listed."""
     if not Path("/proc/self").exists():
         return
-    for folder in models_dir.glob(".upload-*") if models_dir.is_dir() else []:
+    for folder in [*models_dir.glob(".upload-*"), *models_dir.glob(".remove-*")] if models_dir.is_dir() else []:
         pid = folder.name.split("-")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(folder, ignore_errors=True)
@@ -132,6 +132,21 @@ def refusal(stderr: str, path: Path) -> str:
     line = re.sub(r"^retreino inspect: error: ", "", line.strip())
     line = line.replace(f"{path.parent}{os.sep}", "").replace(str(path.parent), path.name)
     return line if path.name in line else f"{path.name}: {line}"
+
+
+def remove_model(models_dir: Path, name: str) -> Path:
+    """Delete one dropped model's folder: a model listed under `models_dir`, nothing else (404 for any other name).
+
+    Backbone names and the studio's --model are not dropped models: they are never under `models_dir`.
+    The folder is first renamed to a hidden one (atomic), so a half-deleted model is never listed."""
+    name = check_name(name, "model name")
+    folder = models_dir / name
+    if not any(Path(m["path"]).parent == folder for m in list_models(models_dir)):
+        raise ProjectError(f"no dropped model {name!r}: only models dropped on the page can be removed", 404, "no_such_model")
+    doomed = models_dir / f".remove-{os.getpid()}-{time.monotonic_ns()}"
+    os.rename(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+    return folder
 
 
 def list_models(models_dir: Path) -> list[dict]:

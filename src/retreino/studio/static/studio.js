@@ -450,7 +450,11 @@ function onJob(job) {
   const s = $("#job-status");
   s.dataset.status = status;
   s.dataset.kind = job ? job.kind : "";
-  s.textContent = job ? `${job.kind} ${job.run}: ${status}` : "idle";
+  // check-data's answer (label-issues): done, with what it found, even when its exit status says "problems"
+  const found = job && job.verdict !== undefined ? ` · ${job.problems} problem${job.problems === 1 ? "" : "s"} found` : "";
+  s.dataset.problems = found ? String(job.problems) : "";
+  s.textContent = job ? `${job.kind} ${job.run}: ${status}${found}` : "idle";
+  s.title = job && job.verdict ? job.verdict : "";
   const running = job && (job.status === "running" || job.status === "stopping");
   $("#stop-btn").disabled = !running;
   for (const id of ["#train-btn", "#eval-btn", "#export-btn", "#issues-btn"]) $(id).disabled = !!running;
@@ -480,6 +484,22 @@ function setModels(models) {
   const d = state.project.defaults;
   const names = [...models.map((m) => m.path), d.model, ...state.project.backbones].filter(Boolean);
   $("#models").replaceChildren(...[...new Set(names)].map((m) => el("option", { value: m })));
+  renderModelList();
+}
+
+// Each dropped model: a click makes it the starting model, × removes its folder (the built-in ones are not listed).
+function renderModelList() {
+  $("#model-list").replaceChildren(...state.models.map((m) => el("li", {
+    "data-model": m.name, class: $("#train-model").value === m.path ? "selected" : "", title: m.path },
+  el("button", { type: "button", class: "ghost use", text: m.name, onclick: () => { $("#train-model").value = m.path; renderModelList(); } }),
+  el("button", { type: "button", class: "ghost del", title: `remove ${m.name} from this project`, text: "×",
+    onclick: guard(async () => {
+      if (!confirm(`Remove the starting model ${m.name}? Its folder .retreino/models/${m.name}/ is deleted.`)) return;
+      const r = await api(`/api/models/${enc(m.name)}`, { method: "DELETE" });
+      if ($("#train-model").value === m.path) $("#train-model").value = state.project.defaults.model || "";
+      setModels(r.models);
+      say(`removed ${m.name}`, true);
+    }) }))));
 }
 
 // The server keeps the files only once `retreino inspect` opened them; a refusal is its one line.
@@ -505,6 +525,7 @@ async function uploadModel(files) {
 }
 
 function wireModels() {
+  $("#train-model").addEventListener("input", renderModelList);
   $("#model-input").addEventListener("change", (e) => { const f = [...e.target.files]; e.target.value = ""; uploadModel(f); });
   const zone = $("#train-form");
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
@@ -572,9 +593,9 @@ async function loadEvaluation() {
 
 const thumbUrl = (cls, name) => `/api/classes/${enc(cls)}/images/${enc(name)}/thumb`;
 
-// A figure of a project image; a suspect label (from the label check) gets a badge.
-function figure(item, caption) {
-  const fig = el("figure", { "data-class": item.class, "data-name": item.name },
+// A figure of a project image, for `run`'s Grad-CAM; a suspect label (from the label check) gets a badge.
+function figure(item, caption, run) {
+  const fig = el("figure", { "data-class": item.class, "data-name": item.name, "data-run": run },
     el("img", { class: "thumb", src: thumbUrl(item.class, item.name), alt: item.name, loading: "lazy" }),
     el("figcaption", { text: caption }));
   const suspect = state.suspects.get(`${item.class}/${item.name}`);
@@ -593,7 +614,7 @@ function renderGallery() {
   const box = $("#misclassified");
   box.replaceChildren(...items.map((w) => {
     const fig = figure(w, w.true === w.predicted ? `${w.true} (${(w.confidence * 100).toFixed(0)}%)`
-      : `${w.true} → ${w.predicted} (${(w.confidence * 100).toFixed(0)}%)`);
+      : `${w.true} → ${w.predicted} (${(w.confidence * 100).toFixed(0)}%)`, ev.run);
     fig.classList.add(w.true === w.predicted ? "right" : "wrong");
     return fig;
   }));
@@ -602,20 +623,21 @@ function renderGallery() {
 }
 
 // "show why": each figure fetches its Grad-CAM overlay once (made and cached by the server); the toggle then only swaps pictures.
+// The same for the test images and the label check's suspects: for a suspect, where the model sees the class it "looks like".
 function explainFigure(fig) {
-  if (fig.dataset.why || !state.evaluation) return;
+  if (fig.dataset.why || !fig.dataset.run) return;
   fig.dataset.why = "loading";
   const img = el("img", { class: "why", alt: `Grad-CAM of ${fig.dataset.name}` });
   img.addEventListener("load", () => { fig.dataset.why = "ready"; });
   img.addEventListener("error", () => { fig.dataset.why = "failed"; img.remove(); });
-  img.src = `/api/runs/${enc(state.evaluation.run)}/gradcam/${enc(fig.dataset.class)}/${enc(fig.dataset.name)}`;
+  img.src = `/api/runs/${enc(fig.dataset.run)}/gradcam/${enc(fig.dataset.class)}/${enc(fig.dataset.name)}`;
   fig.insertBefore(img, fig.querySelector("figcaption"));
 }
 
 function toggleWhy() {
   const on = $("#why").checked;
   document.body.classList.toggle("show-why", on);
-  if (on) for (const fig of document.querySelectorAll("#misclassified figure")) explainFigure(fig);
+  if (on) for (const fig of document.querySelectorAll("#misclassified figure, #label-issues figure")) explainFigure(fig);
 }
 
 async function loadLabelIssues() {
@@ -633,8 +655,9 @@ async function loadLabelIssues() {
   for (const i of r.issues) state.suspects.set(`${i.class}/${i.name}`, i);
   box.dataset.state = "done";
   $("#label-issues-count").textContent = `${r.total} found`;
-  box.replaceChildren(...r.issues.map((i) => figure(i, `labelled ${i.given}, looks like ${i.likely} (${(i.confidence * 100).toFixed(0)}%)`)));
+  box.replaceChildren(...r.issues.map((i) => figure(i, `labelled ${i.given}, looks like ${i.likely} (${(i.confidence * 100).toFixed(0)}%)`, r.run)));
   if (!r.total) box.append(el("p", { class: "meta", text: "none found: the model's features dispute no label" }));
+  if ($("#why").checked) for (const fig of box.querySelectorAll("figure")) explainFigure(fig);
 }
 
 function wireEvaluation() {
