@@ -557,6 +557,9 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         page.fill("#train-batch", "8")
         page.fill("#train-name", "dropped")
         page.click("#train-btn")
+        page.wait_for_selector("#job-status[data-kind='train'][data-status='running']")
+        r = studio.api("DELETE", "/api/models/keras_model")  # the training reads it: not while it runs
+        assert r.status_code == 409 and r.json()["error"] == "busy" and kept.is_file(), r.text
         assert job_end(page, "train", 300) == "done", page.inner_text("#log")
         run_dir = project / ".retreino" / "runs" / "dropped"
         import json
