@@ -54,7 +54,7 @@ def linear_probe(backbone: dict, data: str) -> dict:
     from retreino.models import load_model
     from retreino.models.surgery import feature_extractor
     from retreino.preprocessing import scale_pixels_np
-    from retreino.recipe import C_GRID, _full_probs, fit_probe
+    from retreino.recipe import C_GRID, fit_probe, full_probs
 
     start, cpu = time.perf_counter(), time.process_time()
     loaded = load_model(backbone["model"], weights=backbone.get("weights"))
@@ -73,7 +73,7 @@ def linear_probe(backbone: dict, data: str) -> dict:
     lr, c, _ = fit_probe(tx, ty, vx, vy, n, grid=C_GRID)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ex, ey = pooled(ds.test)
-    m = compute_metrics(ey, _full_probs(lr, ex, n), list(ds.class_names))
+    m = compute_metrics(ey, full_probs(lr, ex, n), list(ds.class_names))
     return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "cpu_s": cpu, "C": c, "resize": info.resize}
 
 

@@ -112,7 +112,7 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    from .recipe import _full_probs, fit_probe
+    from .recipe import fit_probe, full_probs
 
     train_y, val_y = np.asarray(train_y, np.int64), np.asarray(val_y, np.int64)
     mirrored = train_mirror is not None and val_mirror is not None
@@ -130,7 +130,7 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             lr = LogisticRegression(C=c, max_iter=2000).fit(*fit_rows(train_x, train_y, train_mirror))
-        refit_val = _full_probs(lr, val_x, n_classes)
+        refit_val = full_probs(lr, val_x, n_classes)
     # lbfgs stops at a tolerance: features equal to 1e-5 refit to probabilities within ~3e-3 (measured).
     # The check compares single-pass answers: `val_probs` are the model's own, before any flip average.
     if np.abs(refit_val - np.asarray(val_probs, np.float64)).max() > PROBE_MATCH:
@@ -149,9 +149,9 @@ def probe_out_of_fold(train_x, train_y, val_x, val_y, val_probs, n_classes: int,
             warnings.simplefilter("ignore")
             lr = LogisticRegression(C=c * len(train_y) / len(fit), max_iter=2000).fit(
                 *fit_rows(x[fit], y[fit], None if x_mirror is None else x_mirror[fit]))
-        out[held] = _full_probs(lr, x[held], n_classes)
+        out[held] = full_probs(lr, x[held], n_classes)
         if average_mirror:
-            out[held] = (out[held] + _full_probs(lr, x_mirror[held], n_classes)) / 2
+            out[held] = (out[held] + full_probs(lr, x_mirror[held], n_classes)) / 2
     return out
 
 

@@ -208,8 +208,9 @@ def _find_tensors(flat):
     """(last 4-D feature map, score tensor, head function or None, layer name) in a flat functional graph."""
     from keras import ops
 
-    nodes = [n for depth in sorted(flat._nodes_by_depth, reverse=True) for n in flat._nodes_by_depth[depth]
-             if n.operation is not None and not n.is_input]
+    from .models.graph import nodes_in_order
+
+    nodes = [n for n in nodes_in_order(flat) if n.operation is not None and not n.is_input]
     feature, layer = None, None
     for node in nodes:  # forward order: the last spatial map wins
         for t in node.outputs:
@@ -360,7 +361,7 @@ def write_overlays(predictor, paths, folder: str | os.PathLike, root: str | os.P
     Images are fitted exactly as `predictor` fits them (its resize contract), in batches; an
     unreadable file is reported, never fatal.
     """
-    from .prediction import _decode
+    from .prediction import read_image_or_error
 
     loaded = predictor.loaded
     if loaded.model is None:
@@ -369,7 +370,7 @@ def write_overlays(predictor, paths, folder: str | os.PathLike, root: str | os.P
     paths = list(paths)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
-        decoded = [_decode(p, predictor.info.input_size, predictor.resize_mode, predictor.interpolation)
+        decoded = [read_image_or_error(p, predictor.info.input_size, predictor.resize_mode, predictor.interpolation)
                    for p in chunk]
         ok = [k for k, (px, _) in enumerate(decoded) if px is not None]
         explained = explain_pixels(loaded, np.stack([decoded[k][0] for k in ok]),

@@ -276,9 +276,11 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     if info.tta:
         val_p = tta.average(val_p, mirror_val_p)
     state = runs.RunDir(run_dir).read_state()
-    best_is_probe = _best_is_probe(run_dir, state)
+    from .recipe import best_is_probe
+
+    probe_is_best = best_is_probe(run_dir, state)
     oof = None
-    if best_is_probe and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
+    if probe_is_best and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
         # A probe that learnt from mirror images, or a flip-averaged model, needs the mirrored
         # features in its folds too (calibration.probe_out_of_fold).
         mirrors = {}
@@ -296,7 +298,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     temperature, check = fit_temperature_checked(cal_p, cal_y)
     check["source"] = source
     det = fit_detector(train_f, train_y, val_f, len(info.class_names), method=method, accept=accept,
-                       pool_training=best_is_probe)
+                       pool_training=probe_is_best)
     det.save(run_dir)
     info.temperature = temperature
     info.unknown = det.metadata()
@@ -328,17 +330,6 @@ def _threshold_source(det: UnknownDetector) -> str:
     if det.method == "knn" and source.get("knn_training"):
         text += f" and {source['knn_training']:,} training images, each scored against the others"
     return text
-
-
-def _best_is_probe(run_dir: Path, state) -> bool:
-    """Whether the run's best model is its linear probe (recipe.py): the epoch recorded as that phase."""
-    from . import runs
-    from .recipe import PHASE
-
-    if state is None or not state.best_epoch:
-        return False
-    history = runs.read_history(run_dir)
-    return len(history) >= state.best_epoch and history[state.best_epoch - 1].get("phase") == PHASE
 
 
 def fit_run(run_dir: str | Path, printer=print, **kw) -> dict:

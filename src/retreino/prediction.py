@@ -214,7 +214,8 @@ def find_images(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     raise DataError(f"{text}: no such file, folder or pattern")
 
 
-def _decode(path, size, mode, interpolation="bilinear"):
+def read_image_or_error(path, size, mode, interpolation="bilinear"):
+    """(pixels, None) for a readable image, (None, one line why) for any other: never raises."""
     try:
         return read_image(path, size, mode, interpolation), None
     except DataError as exc:
@@ -253,7 +254,7 @@ def _decoded_batches(paths, size, mode, batch_size, workers, prefetch, interpola
     pending: collections.deque = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="retreino-decode") as pool:
         def submit(chunk):
-            pending.append((chunk, [pool.submit(_decode, p, size, mode, interpolation) for p in chunk]))
+            pending.append((chunk, [pool.submit(read_image_or_error, p, size, mode, interpolation) for p in chunk]))
 
         try:
             for chunk in chunks:

@@ -72,7 +72,7 @@ def fit_probe(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # lbfgs convergence notes at the largest C
             lr = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y)
-        probs = _full_probs(lr, val_x, n_classes)
+        probs = full_probs(lr, val_x, n_classes)
         loss = float(log_loss(val_y, probs, labels=labels))
         if best is None or loss < best[0]:
             best = (loss, lr, c, probs)
@@ -85,7 +85,7 @@ def _val_loss(y, probs, n_classes: int) -> float:
     return float(log_loss(y, probs, labels=np.arange(n_classes)))
 
 
-def _full_probs(lr, x, n_classes: int) -> np.ndarray:
+def full_probs(lr, x, n_classes: int) -> np.ndarray:
     """predict_proba over all classes (a class missing from training gets probability 0)."""
     out = np.zeros((len(x), n_classes), np.float64)
     out[:, lr.classes_] = lr.predict_proba(x)
@@ -133,7 +133,7 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
 
     from sklearn.metrics import log_loss
 
-    train_probs = _full_probs(lr, tx, n_classes)
+    train_probs = full_probs(lr, tx, n_classes)
     labels = np.arange(n_classes)
     logs = {
         "loss": float(log_loss(ty, train_probs, labels=labels)),
@@ -158,6 +158,16 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
                     f"{' and their mirror images' if mirrored else ''}, "
                     f"C={c:g} chosen on validation: val_accuracy {logs['val_accuracy']:.3f}, "
                     f"val_loss {logs['val_loss']:.4f} ({time.monotonic() - t0:.0f} s)")
+
+
+def best_is_probe(run_dir, state) -> bool:
+    """Whether a run's best model is its linear probe: the epoch its history records as this phase."""
+    from . import runs
+
+    if state is None or not state.best_epoch:
+        return False
+    history = runs.read_history(run_dir)
+    return len(history) >= state.best_epoch and history[state.best_epoch - 1].get("phase") == PHASE
 
 
 def _tell_callbacks(callbacks: list, model, logs: dict) -> None:

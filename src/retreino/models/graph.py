@@ -4,6 +4,17 @@ from __future__ import annotations
 from typing import Iterator
 
 
+def nodes_in_order(model) -> list:
+    """The calls (Keras `Node`s) of a functional model's graph, inputs first, outputs last.
+
+    Keras 3 has no public accessor for a functional graph's nodes; `_nodes_by_depth` (depth 0 is
+    the outputs) is what Keras' own `Functional` uses to run and save the graph. This is the one
+    place retreino reads it, so a Keras change breaks one function, not three modules.
+    """
+    by_depth = model._nodes_by_depth
+    return [n for depth in sorted(by_depth, reverse=True) for n in by_depth[depth]]
+
+
 def is_container(layer) -> bool:
     import keras
 

@@ -17,7 +17,7 @@ _env.import_tensorflow()
 import keras  # noqa: E402
 
 from ..errors import ModelLoadError  # noqa: E402
-from .graph import find_head, flatten_layers, is_container, iter_containers  # noqa: E402
+from .graph import find_head, flatten_layers, is_container, iter_containers, nodes_in_order  # noqa: E402
 from .info import LoadedModel, ModelInfo  # noqa: E402
 
 POOLING = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
@@ -82,7 +82,7 @@ def feature_extractor(model):
         return keras.Model(inputs, x, name="features")
     # A sub-model's `.output` is a tensor of its own graph (a run's `features` model, loaded from .keras): take
     # the outer model's call of it instead, or the new model's output is not connected to its inputs.
-    node = next((n for nodes in model._nodes_by_depth.values() for n in nodes if n.operation is kept[-1]), None)
+    node = next((n for n in nodes_in_order(model) if n.operation is kept[-1]), None)
     return keras.Model(model.inputs, node.output_tensors[0] if node is not None else kept[-1].output, name="features")
 
 

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import DataError
+from .answers import answer, batch_function, decode_upload
 from .batcher import MicroBatcher
 from .uploads import UploadError, check_request_pixels, read_uploads
 
@@ -222,7 +223,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
     info = predictor.info
     classes = list(class_names or predictor.class_names)
     name = model_name(model_file or info.source)
-    batcher = MicroBatcher(_with_unknown_column(predictor), max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
+    batcher = MicroBatcher(batch_function(predictor), max_batch=settings.max_batch, max_wait_ms=settings.batch_wait_ms)
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="retreino-decode")
     counters = {"requests": 0, "started": time.time()}
     # Grad-CAM needs the Keras model's gradients: one image at a time, on its own thread, beside the batcher.
@@ -292,7 +293,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         """Decode every upload on the decoder threads, in parallel; the first unreadable one refuses the request."""
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(
-            *(loop.run_in_executor(decoder, _decode, predictor, u.data, predictor.resize_mode) for u in uploads),
+            *(loop.run_in_executor(decoder, decode_upload, predictor, u.data, predictor.resize_mode) for u in uploads),
             return_exceptions=True,
         )
         for upload, result in zip(uploads, decoded):
@@ -326,7 +327,7 @@ def create_app(predictor, settings: ServeSettings | None = None, model_file: str
         probs = await asyncio.gather(*(batcher.submit(px) for px in decoded))
         return {
             "model": name,
-            "predictions": [_answer(fn, p, classes, predictor, settings.unknown) for fn, p in zip(names, probs)],
+            "predictions": [answer(fn, p, classes, predictor, settings.unknown) for fn, p in zip(names, probs)],
             "time_ms": round((time.perf_counter() - start) * 1000, 2),
         }
 
@@ -364,48 +365,6 @@ def _explain_one(predictor, pixels: np.ndarray):
     from ..gradcam import explain_pixels
 
     return explain_pixels(predictor.loaded, pixels[None], resize_mode=predictor.resize_mode)[0]
-
-
-def _decode(predictor, data: bytes, resize_mode: str) -> np.ndarray:
-    from ..data.images import read_image
-
-    return read_image(data, predictor.info.input_size, resize_mode, getattr(predictor, "interpolation", "bilinear"))
-
-
-def _prediction(filename: str, probs: np.ndarray, classes: list[str]) -> dict:
-    probs = np.asarray(probs, dtype=np.float64)
-    top = int(np.argmax(probs))
-    return {
-        "filename": filename,
-        "class": classes[top],
-        "index": top,
-        "confidence": round(float(probs[top]), 6),
-        "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)},
-    }
-
-
-def _with_unknown_column(predictor):
-    """The batch function: probabilities, plus the unknown score as a last column when there is a detector."""
-    if predictor.unknown is None:
-        return predictor.predict_pixels
-
-    def fn(pixels):
-        full = predictor.predict_pixels_full(pixels)
-        return np.concatenate([full["probabilities"], full["unknown_score"][:, None].astype(np.float32)], axis=1)
-
-    return fn
-
-
-def _answer(filename: str, row: np.ndarray, classes: list[str], predictor, enabled: bool) -> dict:
-    if predictor.unknown is None:
-        return _prediction(filename, row, classes)
-    out = _prediction(filename, row[:-1], classes)
-    score = float(row[-1])
-    out.update(unknown=False, would_say=None, unknown_score=round(score, 6),
-               unknown_threshold=round(float(predictor.unknown.threshold), 6))
-    if enabled and score < predictor.unknown.threshold:
-        out.update({"unknown": True, "would_say": out["class"], "class": "unknown"})
-    return out
 
 
 def _mount_docs(app: FastAPI) -> None:

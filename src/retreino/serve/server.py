@@ -26,7 +26,7 @@ HEADER_TIMEOUT_S = float(os.environ.get("RETREINO_HEADER_TIMEOUT_S", "10"))
 MAX_CONNECTIONS = int(os.environ.get("RETREINO_MAX_CONNECTIONS", "256"))
 
 
-def _header_deadline_protocol():
+def header_deadline_protocol():
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadlineH11(H11Protocol):
@@ -126,7 +126,7 @@ def serve(
     app = OneLineDisconnects(CheckHost(app, loopback_only=is_loopback(bound_host)))  # see serve/hosts.py
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
                             timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
-                            http=_header_deadline_protocol())
+                            http=header_deadline_protocol())
     # uvicorn's own start-up lines repeat the banner below; keep its warnings and access log.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 

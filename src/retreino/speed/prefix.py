@@ -23,6 +23,8 @@ _env.import_tensorflow()
 
 import keras  # noqa: E402
 
+from ..models.graph import nodes_in_order  # noqa: E402
+
 # Layers whose output depends on `training` even without trainable weights: they cannot run in
 # the prefix, which is always evaluated in inference mode.
 STOCHASTIC = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
@@ -81,18 +83,17 @@ def split_model(model: keras.Model) -> Split:
     static_ids = {id(t) for t in flat.inputs}  # tensors computable by the prefix
     tail_inputs: dict[int, object] = {}  # static tensors that tail nodes consume, in order of use
     prefix_layers = set()
-    for depth in sorted(flat._nodes_by_depth, reverse=True):
-        for node in flat._nodes_by_depth[depth]:
-            if not node.operation or node.is_input:
-                continue
-            inputs = node.input_tensors
-            if all(id(t) in static_ids for t in inputs) and _static(node.operation):
-                static_ids.update(id(t) for t in node.outputs)
-                prefix_layers.add(id(node.operation))
-            else:
-                for t in inputs:
-                    if id(t) in static_ids:
-                        tail_inputs.setdefault(id(t), t)
+    for node in nodes_in_order(flat):
+        if not node.operation or node.is_input:
+            continue
+        inputs = node.input_tensors
+        if all(id(t) in static_ids for t in inputs) and _static(node.operation):
+            static_ids.update(id(t) for t in node.outputs)
+            prefix_layers.add(id(node.operation))
+        else:
+            for t in inputs:
+                if id(t) in static_ids:
+                    tail_inputs.setdefault(id(t), t)
     outputs = flat.outputs
     for t in outputs:  # an output the prefix computes on its own would leave the tail empty
         if id(t) in static_ids:

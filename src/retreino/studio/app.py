@@ -542,7 +542,7 @@ def _gradcam(project: Project, run: RunDir, cls: str, name: str, cache: dict) ->
 
     Cached under RUN/gradcam/<class>/; remade when the image or the run's model is newer."""
     from ..gradcam import explain_pixels
-    from ..prediction import _decode
+    from ..prediction import read_image_or_error
 
     image = project.image_path(cls, name)
     target = run.path / "gradcam" / cls / f"{name}.png"
@@ -550,7 +550,7 @@ def _gradcam(project: Project, run: RunDir, cls: str, name: str, cache: dict) ->
     if target.is_file() and target.stat().st_mtime_ns >= newest:
         return target
     predictor = _predictor(run, cache, "keras")
-    pixels, error = _decode(image, predictor.info.input_size, predictor.resize_mode, predictor.interpolation)
+    pixels, error = read_image_or_error(image, predictor.info.input_size, predictor.resize_mode, predictor.interpolation)
     if pixels is None:
         raise ProjectError(f"{name}: {error}", 422, "corrupt_image")
     explained = explain_pixels(predictor.loaded, pixels[None], resize_mode=predictor.resize_mode)[0]
@@ -574,15 +574,15 @@ def _label_issues(project: Project, run: RunDir) -> dict:
 
 
 def _predict_one(predictor, filename: str, data: bytes) -> dict:
-    from ..serve.app import _answer, _decode, _with_unknown_column
+    from ..serve.answers import answer, batch_function, decode_upload
 
     try:
-        pixels = _decode(predictor, data, predictor.resize_mode)
+        pixels = decode_upload(predictor, data, predictor.resize_mode)
     except DataError as exc:
         err = decode_error(filename, exc)
         return {"filename": filename, "error": err.code, "detail": err.message}
-    row = _with_unknown_column(predictor)(pixels[None])[0]
-    return _answer(filename, row, list(predictor.class_names), predictor, True)
+    row = batch_function(predictor)(pixels[None])[0]
+    return answer(filename, row, list(predictor.class_names), predictor, True)
 
 
 def _exports(run: RunDir) -> list[dict]:

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from ..serve.hosts import CheckHost, OneLineDisconnects
-from ..serve.server import KEEP_ALIVE_S, MAX_CONNECTIONS, _header_deadline_protocol, bind_socket, is_loopback
+from ..serve.server import KEEP_ALIVE_S, MAX_CONNECTIONS, bind_socket, header_deadline_protocol, is_loopback
 from .app import StudioSettings, create_app
 from .project import Project
 
@@ -30,7 +30,7 @@ def studio(project_dir: str = ".", host: str = "127.0.0.1", port: int = 8100, se
         raise
     config = uvicorn.Config(app, log_level="info", access_log=access_log, timeout_graceful_shutdown=5,
                             timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONNECTIONS,
-                            http=_header_deadline_protocol())
+                            http=header_deadline_protocol())
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     url_host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bound_host, f"[{bound_host}]" if ":" in bound_host else bound_host)
     classes = project.classes()
