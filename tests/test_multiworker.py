@@ -47,7 +47,7 @@ def _env(**extra) -> dict:
             "RETREINO_HEARTBEAT_TIMEOUT_S": "60", **extra}
 
 
-def _cluster(tmp_path, commands: list[list[str]], tag: str) -> list[tuple[int, str]]:
+def _cluster(tmp_path, commands: list[list[str]], tag: str, **env) -> list[tuple[int, str]]:
     """Start one process per command as worker i of a fresh 127.0.0.1 cluster; (returncode, log) each."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(len(commands))]
     procs, logs = [], []
@@ -57,7 +57,7 @@ def _cluster(tmp_path, commands: list[list[str]], tag: str) -> list[tuple[int, s
         scratch.mkdir(exist_ok=True)
         log = tmp_path / f"{tag}{i}.log"
         logs.append(log)
-        procs.append(subprocess.Popen(cmd, env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch)), cwd=tmp_path,
+        procs.append(subprocess.Popen(cmd, env=_env(TF_CONFIG=tf_config, TMPDIR=str(scratch), **env), cwd=tmp_path,
                                       stdout=log.open("w"), stderr=subprocess.STDOUT))
     try:
         codes = [p.wait(timeout=TIMEOUT) for p in procs]
@@ -111,16 +111,24 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tmp_path):
     data = cats_vs_dogs_subset(tmp_path / "data", train=8, validation=4)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "retreino", "train", *_args(data, "--runs-dir", str(runs), "--distribute", "multiworker")]
-    results = _cluster(tmp_path, [cmd, cmd], "w")
+    # The single process runs beside the cluster: the cluster's waits on its collectives leave it the cores.
+    single_log = tmp_path / "single.log"
+    single = subprocess.Popen([sys.executable, "-m", "retreino", "train", *_args(data, "--runs-dir", str(tmp_path / "one"))],
+                              env=_env(), cwd=tmp_path, stdout=single_log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        results = _cluster(tmp_path, [cmd, cmd], "w")
+        single.wait(timeout=TIMEOUT)
+    finally:
+        if single.poll() is None:
+            single.kill()
+            single.wait()
     assert [code for code, _ in results] == [0, 0], _tails(results)
     assert "over 2 replica(s)" in results[0][1]  # TF names it CollectiveAllReduceStrategy
     assert "not the chief" in results[1][1]
     assert [p.name for p in runs.iterdir()] == ["mw"]  # the chief's run only
     assert _scratch_runs(tmp_path / "tmp1") == []  # worker 1's scratch run: deleted
 
-    single = subprocess.run([sys.executable, "-m", "retreino", "train", *_args(data, "--runs-dir", str(tmp_path / "one"))],
-                            env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
-    assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
+    assert single.returncode == 0, single_log.read_text()[-3000:]
 
     two, one = _history(runs / "mw"), _history(tmp_path / "one" / "mw")
     assert len(two) == len(one) == 2
@@ -168,9 +176,11 @@ def test_a_worker_killed_mid_epoch_then_both_resumed_finishes(tmp_path):
     data = cats_vs_dogs_subset(tmp_path / "data", train=8, validation=4)
     runs = tmp_path / "runs"
     args = _args(data, "--runs-dir", str(runs), "--distribute", "multiworker")
+    # The chief learns of the death from the missed heartbeats: a 20 s timeout (60 s elsewhere here)
+    # is still twice the TF default that a live worker once missed, and ends this cluster sooner.
     (chief, chief_log), (killed, killed_log) = _cluster(
         tmp_path, [[sys.executable, "-m", "retreino", "train", *args], [sys.executable, "-c", KILLED_WORKER, "train", *args]],
-        "first")
+        "first", RETREINO_HEARTBEAT_TIMEOUT_S="20")
     first = _tails([(chief, chief_log), (killed, killed_log)])
     assert killed == -signal.SIGKILL, first
     assert "SIGKILL after step 1 of epoch 2" in killed_log, first
