@@ -163,3 +163,29 @@ def test_splits_retreino_makes_keep_identical_files_together(cats_dogs_subset, t
             assert split_of[str(f)] == split_of[str(root / "cats" / f"copy_{f.name}")]
         assert "leak" not in kinds(ds) and kinds(ds) == ["duplicate"]
         assert sum(len(s) for s in ds.splits()) == 106
+
+
+def test_a_split_emptied_by_keeping_copies_together_says_why(cats_dogs_subset, tmp_path, capsys):
+    """4 photos a class under 10 names each: every copy goes where its first one went (train), so the
+    validation split is empty; the problem and `train`'s one-line error say it is the copies, not --val-split."""
+    from retreino.cli import main
+
+    root = tmp_path / "copies"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((cats_dogs_subset / "train" / cls).iterdir())[:4]:
+            for i in range(10):
+                shutil.copy(f, root / cls / f"{i}-{f.name}")
+    ds = load_dataset(root, val_split=0.2, test_split=0.0)
+    assert ds.validation is None and len(ds.train) == 80
+    empty = [p.message for p in ds.problems if p.kind == "empty_split"]
+    assert len(empty) == 1 and "identical copies of files in another split" in empty[0], empty
+    from conftest import WATER_BOTTLES
+
+    args = ["train", "--model", str(WATER_BOTTLES), "--data", str(root), "--test-split", "0", "--runs-dir",
+            str(tmp_path / "runs"), "--dry-run"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no validation images" in err and "identical copies" in err, err
+    assert "--val-split" not in err  # a larger split would be emptied the same way

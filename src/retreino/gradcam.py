@@ -165,6 +165,7 @@ class GradCAM:
     def __init__(self, model):
         import keras
 
+        from .models.graph import model_inputs
         from .speed.prefix import flat_model
 
         if model is None:
@@ -173,7 +174,7 @@ class GradCAM:
         feature, score, apply_head, layer = _find_tensors(flat)
         self.layer = layer
         self.apply_head = apply_head  # maps the score tensor to logits (or None: the output is the score)
-        self.model = keras.Model(flat.inputs, [feature, score], name="gradcam")
+        self.model = keras.Model(model_inputs(flat), [feature, score], name="gradcam")
 
     def heatmaps(self, x: np.ndarray, class_index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scaled inputs (N, H, W, 3) -> (heatmaps (N, h, w) in [0, 1], the class index explained per image)."""

@@ -224,7 +224,9 @@ def with_features(model):
         raise RetreinoError(f"the model's last layer is {type(head).__name__}, not a Dense head: no pooled features")
     features = head.input
     out = keras.layers.Concatenate(axis=-1, name="retreino_head_and_features")([model.outputs[0], features])
-    both = keras.Model(model.inputs, out, name=f"{model.name}_with_features")
+    from .models.graph import model_inputs
+
+    both = keras.Model(model_inputs(model), out, name=f"{model.name}_with_features")
     both(np.zeros((1, *model.input_shape[1:]), np.float32))  # exporters want a model that has been called
     return both
 
@@ -313,9 +315,9 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
               "unknown": info.unknown}
     runs.RunDir(run_dir).write_json(CALIBRATION_FILE, record)
     if check["kept"]:
-        how = f"fitted on {check['n']} {source} probabilities"
+        how = f"fitted on {check['n']:,} {source} probabilities"
     else:
-        how = (f"T {check['fitted']:.3f} fitted on {check['n']} {source} probabilities did not lower their held-out "
+        how = (f"T {check['fitted']:.3f} fitted on {check['n']:,} {source} probabilities did not lower their held-out "
                f"ECE ({check['heldout_ece_raw']:.4f} -> {check['heldout_ece_scaled']:.4f}): kept 1")
     trainer.printer(f"Temperature {temperature:.3f} ({how}; validation ECE {record['validation_ece_before']:.3f} -> "
                     f"{record['validation_ece_after']:.3f}); unknown below {det.method} score {det.threshold:.4g} "

@@ -27,6 +27,7 @@ _env.import_tensorflow()
 
 import keras  # noqa: E402
 
+from .models.graph import model_inputs  # noqa: E402
 from .models.surgery import HEAD_NAME  # noqa: E402
 
 PHASE = "linear-probe"
@@ -43,7 +44,7 @@ def feature_function(model):
     """scaled images -> the input of the model's new head, in inference mode (BatchNorm, Dropout)."""
     import tensorflow as tf
 
-    features = keras.Model(model.inputs, model.get_layer(HEAD_NAME).input)
+    features = keras.Model(model_inputs(model), model.get_layer(HEAD_NAME).input)
     return tf.function(lambda x: features(x, training=False), reduce_retracing=True)
 
 
@@ -89,7 +90,9 @@ def full_probs(lr, x, n_classes: int) -> np.ndarray:
     """predict_proba over all classes (a class missing from training gets probability 0)."""
     out = np.zeros((len(x), n_classes), np.float64)
     out[:, lr.classes_] = lr.predict_proba(x)
-    return out
+    # Float32 features give float32 probabilities, whose rows miss 1 by more than the float64
+    # tolerance of sklearn's log_loss (a warning per call in the training log): normalise in float64.
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def head_weights(lr, n_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:

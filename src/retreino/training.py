@@ -390,6 +390,11 @@ def check_trainable(ds, data) -> None:
     if ds.train is None or len(ds.train) == 0:
         raise RetreinoError(f"no training images found in {data}")
     if ds.validation is None or len(ds.validation) == 0:
+        copies = next((p.message for p in ds.problems if p.kind == "empty_split" and "validation split" in p.message
+                       and "identical copies" in p.message), None)
+        if copies:  # a split the tool made, emptied by keeping duplicates together: more --val-split would not help
+            raise RetreinoError(f"no validation images in {data}: {copies.split(': ', 1)[1].split('; ')[0]}; "
+                                "add different photos of each class, or a validation/ folder")
         raise RetreinoError(f"no validation images in {data}: add a validation/ folder or use --val-split")
     if len(ds.class_names) < 2:
         raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {data}")

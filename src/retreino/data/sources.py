@@ -312,10 +312,11 @@ def _discover(root: Path, labels_csv, val_split: float, test_split: float, seed:
 # ---------------------------------------------------------------------------------------------
 
 
-def _keep_duplicates_together(parts, infos: dict[str, FileInfo], carved: set[str]) -> None:
+def _keep_duplicates_together(parts, infos: dict[str, FileInfo], carved: set[str]) -> dict[str, int]:
     """Identical files that a random split scattered go to one split (train first), so that a
     split retreino made never leaks test images into training. Folders the user split are left
-    as they are (and their leakage is reported)."""
+    as they are (and their leakage is reported). Returns how many files left each split."""
+    moved: dict[str, int] = defaultdict(int)
     where: dict[str, list[tuple[str, str, Path]]] = defaultdict(list)
     for name in carved:
         for cls, files in parts.get(name, {}).items():
@@ -333,6 +334,8 @@ def _keep_duplicates_together(parts, infos: dict[str, FileInfo], carved: set[str
                 parts[name][cls].remove(p)
                 parts[target].setdefault(cls, []).append(p)
                 parts[target][cls].sort()
+                moved[name] += 1
+    return moved
 
 
 def _list_paths(paths: list[str], root: str, limit: int = 10) -> str:
@@ -426,7 +429,7 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
         carved = {"train"} | {s for s in ("validation", "test") if not origin.get(s, "").endswith("/")}
     else:
         carved = set(SPLITS)
-    _keep_duplicates_together(parts, infos, carved)
+    moved = _keep_duplicates_together(parts, infos, carved)
     bad = [infos[p] for p in all_paths if not infos[p].ok]
     for info in infos.values():
         problems.extend([info.error] if info.error else [])
@@ -451,7 +454,9 @@ def load_dataset(root, *, val_split: float = 0.2, test_split: float = 0.1, seed:
         splits[name] = Split(name, paths, np.asarray(labels, dtype=np.int64), classes) if paths or name == "train" else None
         wanted = origin.get(name, "").endswith("/") or {"validation": val_split, "test": test_split}.get(name, 0) > 0
         if not paths and name != "train" and wanted:
-            problems.append(Problem("empty_split", None, f"the {name} split has no usable images: it is left out"))
+            why = (f": its {moved[name]:,} files were identical copies of files in another split, and copies stay "
+                   "together so that no image is in two splits") if moved.get(name) else ""
+            problems.append(Problem("empty_split", None, f"the {name} split has no usable images{why}; it is left out"))
 
     ds = Dataset(str(root), source, classes, splits["train"], splits["validation"], splits["test"],
                  files=infos, skipped=[i.path for i in bad], origin=origin,

@@ -4,6 +4,15 @@ from __future__ import annotations
 from typing import Iterator
 
 
+def model_inputs(model):
+    """A model's inputs as a new `keras.Model` over them should take them: the tensor itself when there is one.
+
+    Given the list `model.inputs`, Keras builds a model that expects a list and warns ("The structure
+    of `inputs` doesn't match the expected structure") each time it is called with one array.
+    """
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
 def nodes_in_order(model) -> list:
     """The calls (Keras `Node`s) of a functional model's graph, inputs first, outputs last.
 

@@ -17,7 +17,7 @@ _env.import_tensorflow()
 import keras  # noqa: E402
 
 from ..errors import ModelLoadError  # noqa: E402
-from .graph import find_head, flatten_layers, is_container, iter_containers, nodes_in_order  # noqa: E402
+from .graph import find_head, flatten_layers, is_container, iter_containers, model_inputs, nodes_in_order  # noqa: E402
 from .info import LoadedModel, ModelInfo  # noqa: E402
 
 POOLING = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
@@ -83,7 +83,7 @@ def feature_extractor(model):
     # A sub-model's `.output` is a tensor of its own graph (a run's `features` model, loaded from .keras): take
     # the outer model's call of it instead, or the new model's output is not connected to its inputs.
     node = next((n for n in nodes_in_order(model) if n.operation is kept[-1]), None)
-    return keras.Model(model.inputs, node.output_tensors[0] if node is not None else kept[-1].output, name="features")
+    return keras.Model(model_inputs(model), node.output_tensors[0] if node is not None else kept[-1].output, name="features")
 
 
 def _ends_with_pooling(container) -> bool:
