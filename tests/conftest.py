@@ -40,6 +40,23 @@ def pytest_runtest_makereport(item, call):
         item.add_report_section(call.when, "shared", SHARED_MISSING)
 
 
+# `make test` runs the suite on 2 pytest-xdist workers with `--dist loadgroup`. A file's tests stay on one
+# worker, so its module fixtures are built once; files that share an expensive session fixture share a worker too,
+# so that fixture is built once. Without xdist the marks are inert.
+SHARED_FIXTURE_GROUPS = {"retrained_exports": "exports", "serve_server": "serve"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    group_of = {}
+    for item in items:
+        for fixture, group in SHARED_FIXTURE_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                group_of.setdefault(item.module.__name__, group)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of.get(item.module.__name__, item.module.__name__)))
+
+
 def cats_vs_dogs_subset(root: Path, copy: bool = False, **per_split: int) -> Path:
     """root/<split>/{cats,dogs}/ holding the first n photos of each class of each split of cats_vs_dogs.
 
