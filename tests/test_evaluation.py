@@ -99,6 +99,37 @@ def test_figures_for_notebooks(evaluated, tmp_path):
     assert "accuracy" in evaluated.summary() and "precision" in evaluated.classification_report
 
 
+def _a_font_draws(char: str) -> bool:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    from retreino.plots import font_families
+
+    return any(ord(char) in FT2Font(font_manager.findfont(family, fallback_to_default=False)).get_charmap()
+               for family in font_families())
+
+
+def test_names_no_installed_font_can_draw_are_said_once_in_one_line(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from retreino import plots
+
+    monkeypatch.setattr(plots, "_glyphs_reported", set())
+    names = ["노마스크", "마스크"]  # a real Teachable Machine project's Korean class names
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name in ("a.png", "b.png"):
+            plots.save_figure(plots.confusion_matrix_figure(np.array([[3, 1], [0, 4]]), names), tmp_path / name)
+    assert not [w for w in caught if "missing from font" in str(w.message)]  # no per-glyph warning spam
+    assert Image.open(tmp_path / "b.png").size[0] > 400
+    lines = capsys.readouterr().err.strip().splitlines()
+    if _a_font_draws("노"):  # a CJK font is installed: it is in the house style's fallback list, and draws them
+        assert lines == []
+    else:  # one line, for the first figure only, naming the characters and what to install
+        assert len(lines) == 1 and lines[0].startswith("warning: no installed font can draw 노 마 스 크 ")
+        assert "fonts-noto-cjk" in lines[0]
+
+
 def test_three_classes_top_k_and_name_mapping(tmp_path):
     """A 3-class real model on real photos: top-k accuracy appears and matches scikit-learn."""
     data = tmp_path / "data"

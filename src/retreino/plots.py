@@ -7,8 +7,12 @@ atomically, 130 dpi).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +41,103 @@ STYLE = {
 }
 
 
+# DejaVu Sans (matplotlib's own) has no CJK, Thai, Devanagari...: class names in those scripts would be drawn as
+# boxes. matplotlib draws each glyph with the first font of `font.family` that has it, so the house style lists
+# after DejaVu Sans whichever of these wide-coverage fonts the machine has.
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans JP", "Noto Sans KR",
+    "Noto Sans SC", "Noto Sans", "Noto Sans Thai", "Noto Sans Devanagari", "Noto Sans Arabic", "Noto Sans Hebrew",
+    "NanumGothic", "UnDotum", "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans", "Arial Unicode MS",
+    "Malgun Gothic", "Microsoft YaHei", "Yu Gothic", "Meiryo", "Leelawadee UI", "Nirmala UI", "Segoe UI",
+    "Apple SD Gothic Neo", "Hiragino Sans", "PingFang SC", "Arial",
+)
+_families: list[str] | None = None
+_glyphs_reported: set[str] = set()
+_rescanned = False
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def font_families() -> list[str]:
+    """`font.family` of the house style: DejaVu Sans, then the installed `FALLBACK_FONTS` (looked up once)."""
+    global _families
+    if _families is None:
+        from matplotlib import font_manager
+
+        installed = {f.name for f in font_manager.fontManager.ttflist}
+        _families = ["DejaVu Sans"] + [name for name in FALLBACK_FONTS if name in installed]
+    return _families
+
+
+def _missing_glyphs(fig, target) -> tuple[list[str], list]:
+    """Render; return the characters no font had (matplotlib warns once per character) and the other warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(target, format="png", dpi=DPI, facecolor="white")
+    missing, others = [], []
+    for w in caught:
+        match = _MISSING_GLYPH.search(str(w.message))
+        if match is None:
+            others.append(w)
+        elif chr(int(match.group(1))) not in missing:
+            missing.append(chr(int(match.group(1))))
+    return missing, others
+
+
+def _add_fonts_installed_since_the_cache() -> bool:
+    """matplotlib's font list is a cache from its first run: a font installed later is unknown to it until rescanned."""
+    global _families
+    from matplotlib import font_manager
+
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        if path not in known:
+            with contextlib.suppress(Exception):  # a broken font file is not ours to report
+                font_manager.fontManager.addfont(path)
+    before, _families = _families, None
+    return font_families() != before
+
+
+@contextlib.contextmanager
+def _log_level(logger, level: int):
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _render_png(fig, target) -> None:
+    """savefig in the house style; characters no font draws are said once per process, in one line."""
+    global _rescanned
+    # matplotlib logs "findfont: Failed to find font weight bold for X" when a fallback font has no bold face: it
+    # then uses the nearest weight, which is what we want, so the line is noise to a user.
+    font_log = logging.getLogger("matplotlib.font_manager")
+    with _style(), _log_level(font_log, logging.ERROR):
+        missing, others = _missing_glyphs(fig, target)
+        if missing and not _rescanned:
+            _rescanned = True
+            if _add_fonts_installed_since_the_cache():
+                from matplotlib.text import Text
+
+                for text in fig.findobj(Text):
+                    text.set_fontfamily(font_families())
+                if hasattr(target, "seek"):
+                    target.seek(0)
+                    target.truncate()
+                missing, others = _missing_glyphs(fig, target)
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    new = [c for c in missing if c not in _glyphs_reported]
+    if new:
+        from .console import warn
+
+        _glyphs_reported.update(new)
+        shown = " ".join(new[:12]) + (" ..." if len(new) > 12 else "")
+        warn(f"no installed font can draw {shown} (in names on the plots), so the PNGs show boxes there; "
+             "install a font that has them (for CJK: Noto Sans CJK, Debian/Ubuntu package fonts-noto-cjk)")
+
+
 _FIGURE_CLASS = None
 
 
@@ -52,7 +153,7 @@ def _figure(width: float, height: float):
                 import io
 
                 buf = io.BytesIO()
-                self.savefig(buf, format="png", dpi=DPI, facecolor="white")
+                _render_png(self, buf)
                 return buf.getvalue()
 
         _FIGURE_CLASS = RetreinoFigure
@@ -65,14 +166,14 @@ def save_figure(fig, out_path: str | os.PathLike) -> Path:
 
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+        _render_png(fig, tmp)
     return out_path
 
 
 def _style():
     import matplotlib
 
-    return matplotlib.rc_context(STYLE)
+    return matplotlib.rc_context({**STYLE, "font.family": font_families()})
 
 
 # --------------------------------------------------------------------------- learning curves
