@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +29,25 @@ def need_shared() -> None:
     """Fail the calling test with a clear message when ../shared is not there (unit tests run without it)."""
     if not SHARED.is_dir():
         pytest.fail(SHARED_MISSING, pytrace=False)
+
+
+_LOG_DIR: Path | None = None
+
+
+def server_log(prefix: str) -> Path:
+    """A fresh file for a child process's output, in a folder the session removes at its end (servers the tests
+    kill leave nothing behind in /tmp); a failing test puts the log's text in its message."""
+    global _LOG_DIR
+    if _LOG_DIR is None:
+        _LOG_DIR = Path(tempfile.mkdtemp(prefix="retreino-test-logs-"))
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".log", dir=_LOG_DIR)
+    os.close(fd)
+    return Path(path)
+
+
+def pytest_unconfigure(config):
+    if _LOG_DIR is not None:
+        shutil.rmtree(_LOG_DIR, ignore_errors=True)
 
 
 def pytest_report_header(config):

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import link_or_copy, real_images
+from conftest import link_or_copy, real_images, server_log
 
 FLOAT_TOLERANCE = 1e-4  # retreino.export.FLOAT_TOLERANCE, the parity check an export passed
 HEAVY = ("tensorflow", "keras", "tf_keras")
@@ -119,7 +118,7 @@ def test_serve_on_an_export_imports_no_tensorflow(fmt, retrained_exports, keras_
     from test_serve import free_port
 
     port = free_port()
-    log_path = Path(tempfile.mkstemp(prefix="retreino-serve-direct-", suffix=".log")[1])
+    log_path = server_log("retreino-serve-direct-")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, "serve", str(retrained_exports[fmt].folder),
                                  "--port", str(port), "--quiet"], stdout=log, stderr=subprocess.STDOUT,

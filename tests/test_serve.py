@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import WATER_BOTTLES, real_images
+from conftest import WATER_BOTTLES, real_images, server_log
 
 CLASSES = ["cats", "dogs"]
 MAX_FILE_MB = 1
@@ -62,7 +61,7 @@ class Server:
 def start_server(*args: str, timeout: float = 180) -> Server:
     """`python -m retreino serve ...` on a free loopback port, ready to answer (or a failed test)."""
     port = free_port()
-    log_path = Path(tempfile.mkstemp(prefix="retreino-serve-", suffix=".log")[1])
+    log_path = server_log("retreino-serve-")
     cmd = [sys.executable, "-m", "retreino", "serve", *args, "--port", str(port)]
     # Output goes to a file, never a pipe: a pipe nobody reads would block the server once full.
     with open(log_path, "wb") as log:

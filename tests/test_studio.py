@@ -20,7 +20,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -29,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, chromium, link_or_copy, need_shared, real_images
+from conftest import CATS_VS_DOGS, ROOT, WATER_BOTTLES, chromium, link_or_copy, need_shared, real_images, server_log
 
 FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]  # Chromium's test camera, no prompt
 SHOTS = ROOT / "docs" / "img"
@@ -40,7 +39,7 @@ class Studio:
     """A `python -m retreino studio PROJECT --port 0` subprocess; its URL is read from its banner."""
 
     def __init__(self, project: Path, *args: str, timeout: float = 60):
-        self.log_path = Path(tempfile.mkstemp(prefix="retreino-studio-", suffix=".log")[1])
+        self.log_path = server_log("retreino-studio-")
         cmd = [sys.executable, "-m", "retreino", "studio", str(project), "--port", "0", "--model", str(WATER_BOTTLES), *args]
         with open(self.log_path, "wb") as log:  # a file, never a pipe nobody reads
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

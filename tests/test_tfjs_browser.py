@@ -11,7 +11,9 @@ import base64
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -187,3 +189,23 @@ def test_a_tm_download_is_served_as_it_is(browser):
         pg.close()
     finally:
         s.stop()
+
+
+def test_a_stopped_server_removes_its_copy_and_a_killed_ones_goes_with_the_next():
+    """SIGTERM (uvicorn re-raises it after shutting down) still runs the cleanup; a SIGKILLed server never does, and
+    the next server deletes the copy its dead process left."""
+    def copies(pid):
+        return list(Path(tempfile.gettempdir()).glob(f"retreino-browser-{pid}-*"))
+
+    first = StaticServer(str(TFJS_EXPORTS["masks"]))
+    first.proc.kill()  # SIGKILL: no finally runs
+    first.proc.wait(10)
+    left = copies(first.proc.pid)
+    assert len(left) == 1 and (left[0] / "model.json").is_file()
+    second = StaticServer(str(TFJS_EXPORTS["masks"]))
+    try:
+        assert not left[0].exists()
+        assert len(copies(second.proc.pid)) == 1
+    finally:
+        second.stop()
+    assert copies(second.proc.pid) == []  # a server that stops cleans its own

@@ -14,9 +14,13 @@ MODEL can be
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from ..errors import RetreinoError
@@ -54,6 +58,31 @@ def browser_folder(model: str, **load_kwargs) -> tuple[Path, bool]:
     return result.folder, False
 
 
+_COPY_PREFIX = "retreino-browser-"
+
+
+def _remove_copies_of_dead_servers() -> None:
+    """A server killed outright (SIGKILL, power loss) never reaches its cleanup: its copy is removed by the next one.
+
+    Each copy's name holds its server's process id; a copy whose process is gone is deleted."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there, not probe it
+        return
+    for old in Path(tempfile.gettempdir()).glob(f"{_COPY_PREFIX}*-*"):
+        pid = old.name[len(_COPY_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # someone else's process (or no way to tell): keep its folder
+        return True
+    return True
+
+
 def _page_for_download(folder: Path) -> Path:
     """A Teachable Machine download plus the page, in a temporary folder (the download may be read-only)."""
     model = json.loads((folder / "model.json").read_text(encoding="utf-8"))
@@ -63,7 +92,8 @@ def _page_for_download(folder: Path) -> Path:
             if "/" in p or "\\" in p or p.startswith("."):
                 raise RetreinoError(f"{folder}/model.json names weight file {p!r} outside its folder")
             names.append(p)
-    tmp = Path(tempfile.mkdtemp(prefix="retreino-browser-"))
+    _remove_copies_of_dead_servers()
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_COPY_PREFIX}{os.getpid()}-"))
     try:
         for name in names:
             shutil.copyfile(folder / name, tmp / name)
@@ -105,6 +135,24 @@ class _WithHeaders:
         return await self.app(scope, receive, send_with_headers)
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """uvicorn shuts down on SIGTERM, then raises the signal again with the handler it found: by default that ends
+    the process at once, past our `finally`. This handler turns it into SystemExit, so the temporary copy goes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def serve_in_browser(model: str, host: str = "127.0.0.1", port: int = 8000, access_log: bool = True, **load_kwargs):
     """Serve the in-browser page of `model` until interrupted."""
     import sys
@@ -136,7 +184,8 @@ def serve_in_browser(model: str, host: str = "127.0.0.1", port: int = 8000, acce
                   file=sys.stderr, flush=True)
         config = uvicorn.Config(create_static_app(folder), log_level="warning", access_log=access_log,
                                 timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        with _sigterm_raises():
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
