@@ -47,8 +47,8 @@ STYLE = {
 FALLBACK_FONTS = (
     "Noto Sans CJK JP", "Noto Sans CJK KR", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans JP", "Noto Sans KR",
     "Noto Sans SC", "Noto Sans", "Noto Sans Thai", "Noto Sans Devanagari", "Noto Sans Arabic", "Noto Sans Hebrew",
-    "NanumGothic", "UnDotum", "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans", "Arial Unicode MS",
-    "Malgun Gothic", "Microsoft YaHei", "Yu Gothic", "Meiryo", "Leelawadee UI", "Nirmala UI", "Segoe UI",
+    "NanumGothic", "UnDotum", "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Source Han Sans",
+    "Arial Unicode MS", "Malgun Gothic", "Microsoft YaHei", "Yu Gothic", "Meiryo", "Leelawadee UI", "Nirmala UI", "Segoe UI",
     "Apple SD Gothic Neo", "Hiragino Sans", "PingFang SC", "Arial",
 )
 _families: list[str] | None = None

@@ -78,7 +78,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):  # someone else's process (or no way to tell): keep its folder
+    except OSError:  # someone else's process (PermissionError), or no way to tell: keep its folder
         return True
     return True
 
