@@ -44,7 +44,7 @@ def row(bb: str, dname: str, views: int) -> list[tuple[str, float, float]]:
     from retreino.models import load_model
     from retreino.models.surgery import feature_extractor
     from retreino.preprocessing import scale_pixels_np
-    from retreino.recipe import _val_loss, fit_probe, full_probs
+    from retreino.recipe import fit_probe, full_probs, log_loss_over
 
     loaded = load_model(BACKBONES[bb]["model"], weights=BACKBONES[bb].get("weights"))
     info = loaded.info
@@ -78,8 +78,8 @@ def row(bb: str, dname: str, views: int) -> list[tuple[str, float, float]]:
     for label, (parts, copies) in candidates.items():
         lr, c, probs = fit_probe(np.concatenate(parts), np.tile(ty, copies), vx, vy, n)
         tta = (probs + full_probs(lr, vfx, n)) / 2
-        out.append((label, c, float(np.mean(probs.argmax(1) == vy)), _val_loss(vy, probs, n),
-                    float(np.mean(tta.argmax(1) == vy)), _val_loss(vy, tta, n)))
+        out.append((label, c, float(np.mean(probs.argmax(1) == vy)), log_loss_over(vy, probs, n),
+                    float(np.mean(tta.argmax(1) == vy)), log_loss_over(vy, tta, n)))
     return out
 
 

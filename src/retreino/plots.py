@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,6 +55,7 @@ FALLBACK_FONTS = (
 _families: list[str] | None = None
 _glyphs_reported: set[str] = set()
 _rescanned = False
+_rescan_lock = threading.Lock()  # the server draws figures from worker threads: one rescan, not two
 _MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
 
 
@@ -115,8 +117,10 @@ def _render_png(fig, target) -> None:
     font_log = logging.getLogger("matplotlib.font_manager")
     with _style(), _log_level(font_log, logging.ERROR):
         missing, others = _missing_glyphs(fig, target)
-        if missing and not _rescanned:
-            _rescanned = True
+        with _rescan_lock:
+            rescan = bool(missing) and not _rescanned
+            _rescanned = _rescanned or rescan
+        if rescan:
             if _add_fonts_installed_since_the_cache():
                 from matplotlib.text import Text
 

@@ -80,7 +80,8 @@ def fit_probe(train_x, train_y, val_x, val_y, n_classes: int, grid=C_GRID):
     return best[1], best[2], best[3]
 
 
-def _val_loss(y, probs, n_classes: int) -> float:
+def log_loss_over(y, probs, n_classes: int) -> float:
+    """Log loss with every class counted, also those missing from `y` (a small validation split can miss one)."""
     from sklearn.metrics import log_loss
 
     return float(log_loss(y, probs, labels=np.arange(n_classes)))
@@ -129,7 +130,7 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
     if MIRROR_TRAINING:
         fx, _ = pooled_features(fn, train_ds, flip=True)
         lr_m, c_m, val_probs_m = fit_probe(np.concatenate([tx, fx]), np.concatenate([ty, ty]), vx, vy, n_classes)
-        if _val_loss(vy, val_probs_m, n_classes) < _val_loss(vy, val_probs, n_classes):
+        if log_loss_over(vy, val_probs_m, n_classes) < log_loss_over(vy, val_probs, n_classes):
             lr, c, val_probs, mirrored = lr_m, c_m, val_probs_m, True
     kernel, bias = head_weights(lr, n_classes, tx.shape[1])
     model.get_layer(HEAD_NAME).set_weights([kernel, bias])
