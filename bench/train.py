@@ -6,8 +6,11 @@ block_16_project, Conv_1 and the head; BatchNorm frozen) and batch size 32:
 
 (a) the notebook's approach: Keras 2 (`tf_keras`) `ImageDataGenerator.flow_from_directory` with its
     augmentation (rotation 20, shifts 0.2, horizontal flip, rescale 1/255) feeding `model.fit`;
-(b) retreino's default `train` (augmentation on; frozen prefix in ONNX Runtime, validation cache);
-(c) the bare Keras 3 forward + backward step on preloaded tensors, oneDNN on.
+(b) retreino's `train` with those layers, `--unfreeze 5` (its other settings the defaults: augmentation on,
+    frozen prefix in ONNX Runtime, validation cache);
+(c) the bare Keras 3 forward + backward step on preloaded tensors, oneDNN on;
+(d) retreino's default `train`, whose last 30 layers with weights train (issue 15): the price of the deeper
+    default per epoch, beside (b).
 
 Throughput is training images per second in a steady fine-tuning epoch (the epoch's training part,
 validation excluded), the best of three timed epochs after an untimed one, each of (a), (b), (c) in a
@@ -218,8 +221,9 @@ def _run_part(name: str, args) -> None:
         result = {"ips": bare_keras_throughput(args.bare_images)}
     else:
         tmp = Path(tempfile.mkdtemp(prefix="retreino-bench-train-"))
+        layers = {"unfreeze": UNFREEZE} if name == "b" else {}  # (d): the default depth
         try:
-            run, timer, wall = retreino_train(DATA, tmp, "b", epochs=4, warmup_epochs=0)
+            run, timer, wall = retreino_train(DATA, tmp, name, epochs=4, warmup_epochs=0, **layers)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         result = {"ips": 1400 / min(timer.train_s[1:]), "val_s": timer.val_s}  # epoch 1 traces, untimed
@@ -233,7 +237,7 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="also the 10-epoch runs: wall time and test accuracy")
     ap.add_argument("--only-full", action="store_true", help="only the 10-epoch runs")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--part", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=("a", "b", "c", "d"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
         _run_part(args.part, args)
@@ -249,8 +253,12 @@ def main() -> int:
             print(f"(c) bare Keras 3 step on preloaded tensors         {c:7.1f} images/s", flush=True)
             rb = _part("b", args)
             b = rb["ips"]
-            print(f"(b) retreino train (default, augmentation on)      {b:7.1f} images/s", flush=True)
-            print(f"ratios: b/a = {b / a:.1f}x   b/c = {b / c:.1f}x")
+            print(f"(b) retreino train --unfreeze {UNFREEZE} (augmentation on)  {b:7.1f} images/s", flush=True)
+            d = _part("d", args)["ips"]
+            from retreino.config import TrainConfig
+
+            print(f"(d) retreino train defaults (last {TrainConfig.unfreeze} layers)      {d:7.1f} images/s", flush=True)
+            print(f"ratios: b/a = {b / a:.1f}x   b/c = {b / c:.1f}x   d/a = {d / a:.1f}x   d/b = {d / b:.2f}x")
             v = rb["val_s"]
             print(f"validation pass (300 images): epoch 1 {v[0]:.2f}s, later epochs at most {max(v[1:]):.2f}s "
                   f"({100 * max(v[1:]) / v[0]:.0f}% of epoch 1)", flush=True)

@@ -372,11 +372,13 @@ class _Trainer:
         model = self.loaded.model
         rows = trainable_report(model, self.cfg.unfreeze, self.cfg.train_bn)
         self.printer(table([(n, c, s, f"{p:,}") for n, c, s, p in rows], headers=["layer", "type", "state", "params"], align="lllr"))
-        self.printer(
-            f"Trainable parameters: {count_params(model.trainable_weights):,} of {count_params(model.weights):,}"
-            + (f" (after a {self.cfg.warmup_epochs}-epoch head-only warm-up at {self.cfg.warmup_learning_rate:g})"
-               if self.prepared.new_head and self.cfg.warmup_epochs > 0 else "")
-        )
+        first = ""
+        if self.prepared.new_head and self.cfg.head_init == "linear-probe":
+            first = " (after the new head is fitted as a linear probe on the frozen features)"
+        elif self.prepared.new_head and self.cfg.warmup_epochs > 0:
+            first = f" (after a {self.cfg.warmup_epochs}-epoch head-only warm-up at {self.cfg.warmup_learning_rate:g})"
+        self.printer(f"Trainable parameters: {count_params(model.trainable_weights):,} of {count_params(model.weights):,}"
+                     + first + f", learning rate {self.cfg.learning_rate:g}")
 
 
 def _lost_peer_errors() -> tuple:

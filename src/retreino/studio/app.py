@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..atomic import read_json, write_json
+from ..config import TrainConfig
 from ..errors import DataError, RetreinoError
 from ..runs import RunDir, folder_name, read_csv_rows
 from ..serve.app import decode_error, install_json_errors, install_page
@@ -72,10 +73,11 @@ class StudioSettings:
     max_file_mb: float = 10.0
     max_files: int = 16  # per upload request: the page sends bigger drops in several requests
     max_model_mb: float = 200.0  # a dropped starting model, per file (a fine-tuned MobileNetV2 .keras is ~30 MB)
-    default_epochs: int = 10
-    default_lr: float = 1e-5
-    default_unfreeze: int = 5
-    default_batch_size: int = 32
+    # The Train form proposes `retreino train`'s own defaults (one defaults file: config.TrainConfig).
+    default_epochs: int = TrainConfig.epochs
+    default_lr: float = TrainConfig.learning_rate
+    default_unfreeze: int = TrainConfig.unfreeze
+    default_batch_size: int = TrainConfig.batch_size
 
     @property
     def max_file_bytes(self) -> int:
@@ -431,7 +433,6 @@ def _check_image(data: bytes) -> None:
 
 def train_args(project: Project, data: dict, settings: StudioSettings) -> tuple[list[str], str]:
     """`retreino train` arguments for the form's values, checked here so a bad value never starts a job."""
-    from ..config import TrainConfig
     from ..models.backbones import BACKBONES
 
     model = str(data.get("model") or settings.model or "").strip()
