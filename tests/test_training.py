@@ -141,6 +141,35 @@ def test_dry_run_lists_trainable_layers(capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_fine_tuning_validates_and_saves_the_weight_average(tmp_path):
+    """The best model holds the optimizer's moving average (what validation scored); last.keras the raw weights."""
+    import keras
+
+    from retreino.training import train
+
+    data = _subset(tmp_path / "data", 40, 20)
+    saved = {}
+    for average in ("ema", "off"):
+        run = train(model=str(WATER_BOTTLES), data=str(data), epochs=1, head_init="warmup", warmup_epochs=0, tta="off",
+                    weight_average=average, runs_dir=str(tmp_path / "runs"), name=average, printer=lambda *a: None)
+        assert run.best_epoch == 1 and [r["phase"] for r in run.history] == ["finetune"]
+        last = keras.saving.load_model(run.dir / "last.keras")
+        best = {v.path: v for v in keras.saving.load_model(run.dir / "fine_tuned_model.keras").weights}
+        raw = {v.path: np.asarray(v) for v in last.trainable_variables}
+        averages = [np.asarray(v) for v in last.optimizer.variables if v.path.endswith("_average")]
+        saved[average] = (raw, {path: np.asarray(best[path]) for path in raw}, averages)
+    raw, best, averages = saved["ema"]
+    assert len(raw) == len(averages) > 4  # the last 30 layers with weights: kernels and biases
+    for (path, w), avg in zip(raw.items(), averages):
+        np.testing.assert_allclose(best[path], avg, atol=1e-6, err_msg=path)
+    assert max(float(np.abs(best[p] - raw[p]).max()) for p in raw) > 1e-4  # the average is not the last step
+    raw, best, averages = saved["off"]
+    assert averages == []
+    for path, w in raw.items():
+        np.testing.assert_array_equal(best[path], w)
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
     data = _subset(tmp_path / "data", 30, 10)
     args = ["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp_path / "runs"),

@@ -1,6 +1,7 @@
 """Keras callbacks of a retreino run: progress, the run directory's files, NaN guard, resumable state."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -78,8 +79,9 @@ class RunRecorder(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, save_best, history: list, state: RunState, phase: str, nan_guard: NanGuard,
-                 monitor="val_accuracy", full_model=None):
+                 monitor="val_accuracy", full_model=None, averaged: AveragedWeights | None = None):
         super().__init__()
+        self.averaged = averaged  # the best model is saved with the averaged weights validation scored
         self.run_dir, self.save_best, self.history, self.state = run_dir, save_best, history, state
         self.run = RunDir(run_dir)
         self.phase, self.nan_guard, self.monitor = phase, nan_guard, monitor
@@ -105,7 +107,8 @@ class RunRecorder(keras.callbacks.Callback):
             # A linear-probe epoch (recipe.py) sets best_val_loss: a later epoch must beat it in loss too.
             best_loss = self.state.extra.get("best_val_loss")
             if best_loss is None or float(logs.get("val_loss", float("inf"))) <= best_loss:
-                self.save_best(self.saved_model)
+                with self.averaged.averaged() if self.averaged is not None else contextlib.nullcontext():
+                    self.save_best(self.saved_model)
                 self.state.best, self.state.best_epoch = value, epoch + 1
                 if best_loss is not None:
                     self.state.extra["best_val_loss"] = float(logs["val_loss"])
@@ -118,6 +121,37 @@ class RunRecorder(keras.callbacks.Callback):
         self.run.write_history(self.history)
         self.state.epoch, self.state.phase, self.state.lr = epoch + 1, self.phase, current_lr(self.model)
         self.run.write_state(self.state)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Validation and the best-model files use the moving average of the weights (Polyak averaging).
+
+    The optimizer keeps the average (`use_ema=True`, see `training.make_optimizer`). Keras'
+    `SwapEMAWeights` swaps it into the model for each validation pass and back after it, so
+    EarlyStopping, ReduceLROnPlateau and the best-model choice all judge the averaged weights.
+    `RunRecorder` saves the best model inside `averaged()`, so `fine_tuned_model.*` hold the very
+    weights validation scored, and `last.keras` outside it: the raw weights, with the average in
+    the optimizer's state, which is what `--resume` needs to go on as if never stopped.
+
+    Why: at the higher default learning rate one step's weights move more between epochs than
+    the averaged ones, so the validation split chooses among noisier candidates (docs/accuracy.md).
+    """
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=False)
+
+    @contextlib.contextmanager
+    def averaged(self):
+        if self._ema_weights_in_model:
+            yield
+            return
+        self._swap_variables()
+        self._ema_weights_in_model = True
+        try:
+            yield
+        finally:
+            self._swap_variables()
+            self._ema_weights_in_model = False
 
 
 class _Resumable:
@@ -165,16 +199,21 @@ class SnapshotCallbacks(keras.callbacks.Callback):
 
 
 def phase_callbacks(cfg, phase: str, total_epochs: int, state: RunState, history: list, nan_guard: NanGuard, *,
-                    run_dir, save_best, printer=print, extra: list | tuple = (), full_model=None) -> list:
+                    run_dir, save_best, printer=print, extra: list | tuple = (), full_model=None,
+                    average: bool = False) -> list:
     """The callbacks of one training phase, in the order they must run.
 
     The NaN guard first (it stops the epoch before anything is saved from it); in fine-tuning,
     EarlyStopping and ReduceLROnPlateau, resumed from the counters in `state`, then their snapshot
     into `state`; the recorder, which writes the epoch's files and commits `state`; the progress
     line; last the caller's `extra` callbacks (tracking, a tuner's pruning), which so see an epoch
-    already on disk. Every "which way is better" comes from `config.monitor_mode(cfg.monitor)`.
+    already on disk. `average`: the optimizer keeps a weight average, which validation and the
+    best model use (`AveragedWeights`). Every "which way is better" comes from `config.monitor_mode(cfg.monitor)`.
     """
     cbs: list = [nan_guard]
+    averaged = AveragedWeights() if average else None
+    if averaged is not None:
+        cbs.append(averaged)
     if phase == "finetune":
         mode = monitor_mode(cfg.monitor)
         resumed = state.phase == "finetune"  # counters of an earlier phase do not carry over
@@ -188,6 +227,6 @@ def phase_callbacks(cfg, phase: str, total_epochs: int, state: RunState, history
         )
         cbs += [early, reduce, SnapshotCallbacks(state, early, reduce)]
     recorder = RunRecorder(run_dir, save_best, history, state, phase, nan_guard, monitor=cfg.monitor,
-                           full_model=full_model)
+                           full_model=full_model, averaged=averaged)
     progress_line = EpochProgress(total_epochs, "warm-up" if phase == "warmup" else "fine-tune", printer=printer)
     return cbs + [recorder, progress_line] + list(extra)

@@ -27,6 +27,7 @@ MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 ACCELERATE = ("auto", "off")
 PRECISIONS = ("float32", "mixed")
 DISTRIBUTE = ("mirrored", "multiworker")
+WEIGHT_AVERAGES = ("ema", "off")
 
 # Where the data has no validation/ or test/ folder: the fractions carved out, and the split seed.
 DEFAULT_VAL_SPLIT = 0.2
@@ -77,6 +78,8 @@ TRAIN_CONSTRAINTS: dict[str, list] = {
     "tensorboard": [BOOL],
     "head_init": [StrOptions({"linear-probe", "warmup"})],  # recipe.HEAD_INITS
     "tta": [StrOptions({"auto", "on", "off"})],  # tta.TTA_CHOICES
+    "weight_average": [StrOptions(WEIGHT_AVERAGES)],
+    "ema_momentum": [Interval(Real, 0, 1, closed="left")],
 }
 
 
@@ -195,6 +198,9 @@ class TrainConfig:
     # Beyond the notebook.
     head_init: str = "linear-probe"  # a new head: linear-probe (fit on frozen features, LP-FT) | warmup (epochs)
     tta: str = "auto"  # flip test-time augmentation: auto (decided on validation) | on | off; see retreino.tta
+    # Fine-tuning validates and saves the moving average of the weights (Polyak averaging), not the last step's.
+    weight_average: str = "ema"  # ema | off
+    ema_momentum: float = 0.99  # the average's decay per step: about the last 100 batches
     warmup_epochs: int = 3  # head-only epochs when the head is new
     warmup_learning_rate: float = 1e-3
     dropout: float = 0.0  # before a new head

@@ -190,14 +190,15 @@ class _Trainer:
         return self.data.pipelines(ordered_train=ordered_train)
 
     # -- model ----------------------------------------------------------------------------------
-    def compile(self, model, learning_rate: float | None = None, optimizer=None):
-        """Compile with a new optimizer at `learning_rate`, or with a given (shared) `optimizer`."""
+    def compile(self, model, learning_rate: float | None = None, optimizer=None, average: bool = False):
+        """Compile with a new optimizer at `learning_rate` (keeping a weight average if `average`),
+        or with a given (shared) `optimizer`."""
         from .speed.devices import use_mixed
 
         cfg = self.cfg
         loss, metric = loss_and_metric(self.info.head, int(model.output_shape[-1]), cfg.label_smoothing)
         if optimizer is None:
-            optimizer = make_optimizer(cfg.optimizer, learning_rate)
+            optimizer = make_optimizer(cfg.optimizer, learning_rate, cfg.ema_momentum if average else None)
         # XLA only with mixed precision on a GPU: on CPU it compiles for long and gains little.
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric], jit_compile=use_mixed(cfg))
 
@@ -306,7 +307,7 @@ class _Trainer:
         else:
             self.freeze(phase)
             model = self.loaded.model
-            self.compile(model, lr)
+            self.compile(model, lr, average=phase == "finetune" and cfg.weight_average == "ema")
         self.loaded = LoadedModel(model, self.info)
         fit_model = model
         if acc is not None:
@@ -318,10 +319,11 @@ class _Trainer:
             self.compile(fit_model, optimizer=model.optimizer)
         trainable = count_params(model.trainable_weights)
         self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
-                     f" ({trainable:,} trainable parameters), learning rate {lr:g}")
+                     f" ({trainable:,} trainable parameters), learning rate {lr:g}"
+                     + (", weights averaged (EMA)" if keeps_weight_average(model.optimizer) else ""))
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
-                                    full_model=model)
+                                    full_model=model, average=keeps_weight_average(model.optimizer))
         if cfg.distribute not in (None, "", "none"):
             from .speed.devices import patch_symbolic_build
             patch_symbolic_build(fit_model)
@@ -402,13 +404,23 @@ def check_trainable(ds, data) -> None:
         raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {data}")
 
 
-def make_optimizer(name: str, learning_rate: float | None):
-    """A Keras optimizer by its config name (config.OPTIMIZERS), at `learning_rate`."""
+def make_optimizer(name: str, learning_rate: float | None, ema_momentum: float | None = None):
+    """A Keras optimizer by its config name (config.OPTIMIZERS), at `learning_rate`.
+
+    `ema_momentum`: the optimizer also keeps a moving average of the weights (Keras' `use_ema`),
+    which `callbacks.AveragedWeights` validates and saves."""
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
                   "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
     if name.lower() not in optimizers:  # TrainConfig.validate rejects it earlier; a field set later lands here
         raise RetreinoError(f"unknown optimizer {name!r}: use one of {', '.join(optimizers)}")
-    return optimizers[name.lower()](learning_rate=learning_rate)
+    ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": ema_momentum}
+    return optimizers[name.lower()](learning_rate=learning_rate, **ema)
+
+
+def keeps_weight_average(optimizer) -> bool:
+    """Whether `optimizer` keeps a moving average of the weights (a resumed run's, too, whatever the config says)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps it in a LossScaleOptimizer
+    return bool(getattr(inner, "use_ema", False))
 
 
 def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):
