@@ -198,8 +198,9 @@ class TrainConfig:
     # Beyond the notebook.
     head_init: str = "linear-probe"  # a new head: linear-probe (fit on frozen features, LP-FT) | warmup (epochs)
     tta: str = "auto"  # flip test-time augmentation: auto (decided on validation) | on | off; see retreino.tta
-    # Fine-tuning validates and saves the moving average of the weights (Polyak averaging), not the last step's.
-    weight_average: str = "ema"  # ema | off
+    # ema: fine-tuning validates and saves the moving average of the weights (Polyak averaging), not the last
+    # step's. Off by default: on validation it won on 2 of the 4 rows that fine-tune and lost on 2 (docs/accuracy.md).
+    weight_average: str = "off"  # ema | off
     ema_momentum: float = 0.99  # the average's decay per step: about the last 100 batches
     warmup_epochs: int = 3  # head-only epochs when the head is new
     warmup_learning_rate: float = 1e-3

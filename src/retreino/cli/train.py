@@ -19,8 +19,8 @@ OPTIONS = {
                     "features, then fine-tuning) | warmup (--warmup-epochs head-only epochs, the old way)"),
     "--tta": ("tta", str, "flip test-time augmentation saved with the model: auto (default: on when it lowers the "
               "validation loss without losing validation accuracy) | on | off"),
-    "--weight-average": ("weight_average", str, "ema (default: validation and the best model use the moving average of "
-                         "the fine-tuning weights) | off: the last step's weights"),
+    "--weight-average": ("weight_average", str, "ema: validation and the best model use the moving average of the "
+                         "fine-tuning weights | off (default): the last step's weights"),
     "--warmup-lr": ("warmup_learning_rate", float, f"(default {_D.warmup_learning_rate:g})"),
     "--dropout": ("dropout", float, "dropout before a new head (default 0)"),
     "--class-weight": ("class_weight", str, "'balanced' weighs classes by inverse frequency"),
