@@ -37,7 +37,7 @@ def _free_ports(n: int) -> list[int]:
 def _args(data, *extra) -> list[str]:
     # 16 training photos at --batch-size 8: 2 steps per epoch, each worker computing 4 of every 8.
     return ["--model", str(WATER_BOTTLES), "--data", str(data), "--epochs", "2", "--head-init", "warmup",
-            "--warmup-epochs", "0", "--batch-size", "8", "--lr", "1e-3", "--no-augment", "--accelerate", "off",
+            "--warmup-epochs", "0", "--batch-size", "8", "--lr", "1e-3", "--unfreeze", "5", "--no-augment", "--accelerate", "off",
             "--test-split", "0", "--name", "mw", *extra]
 
 

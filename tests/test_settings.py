@@ -41,6 +41,7 @@ BAD_FLAGS = [
     ("--contrast", "-1", "--contrast must be in [0, 1], got -1.0"),
     ("--head-init", "probe", "unknown --head-init 'probe': use linear-probe or warmup"),
     ("--tta", "yes", "unknown --tta 'yes': use auto, off or on"),
+    ("--weight-average", "swa", "unknown --weight-average 'swa': use ema or off"),
 ]
 BAD_CONFIG = [
     ("monitor", "val_acc", "unknown monitor 'val_acc': use accuracy, loss, val_accuracy or val_loss"),
@@ -49,6 +50,7 @@ BAD_CONFIG = [
     ("strict", "yes", "strict must be True or False, got 'yes'"),
     ("train_bn", 1, "train_bn must be True or False, got 1"),
     ("tensorboard", "yes", "tensorboard must be True or False, got 'yes'"),
+    ("ema_momentum", 1.0, "ema_momentum must be in [0, 1), got 1.0"),
 ]
 
 
