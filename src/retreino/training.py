@@ -318,12 +318,13 @@ class _Trainer:
             fit_model = acc.tail
             self.compile(fit_model, optimizer=model.optimizer)
         trainable = count_params(model.trainable_weights)
+        average = keeps_weight_average(model.optimizer)
         self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                      f" ({trainable:,} trainable parameters), learning rate {lr:g}"
-                     + (", weights averaged (EMA)" if keeps_weight_average(model.optimizer) else ""))
+                     + (", weights averaged (EMA)" if average else ""))
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
-                                    full_model=model, average=keeps_weight_average(model.optimizer))
+                                    full_model=model, average=average)
         if cfg.distribute not in (None, "", "none"):
             from .speed.devices import patch_symbolic_build
             patch_symbolic_build(fit_model)
@@ -374,11 +375,12 @@ class _Trainer:
         model = self.loaded.model
         rows = trainable_report(model, self.cfg.unfreeze, self.cfg.train_bn)
         self.printer(table([(n, c, s, f"{p:,}") for n, c, s, p in rows], headers=["layer", "type", "state", "params"], align="lllr"))
-        first = ""
-        if self.prepared.new_head and self.cfg.head_init == "linear-probe":
-            first = " (after the new head is fitted as a linear probe on the frozen features)"
-        elif self.prepared.new_head and self.cfg.warmup_epochs > 0:
-            first = f" (after a {self.cfg.warmup_epochs}-epoch head-only warm-up at {self.cfg.warmup_learning_rate:g})"
+        first = ""  # what runs before fine-tuning: the phases' own answer (see `phases`)
+        for phase, n, lr in self.phases():
+            if phase == "linear-probe":
+                first = " (after the new head is fitted as a linear probe on the frozen features)"
+            elif phase == "warmup":
+                first = f" (after a {n}-epoch head-only warm-up at {lr:g})"
         self.printer(f"Trainable parameters: {count_params(model.trainable_weights):,} of {count_params(model.weights):,}"
                      + first + f", learning rate {self.cfg.learning_rate:g}")
 
