@@ -97,8 +97,10 @@ def retreino_run(backbone: dict, data: str, runs: Path, name: str, **overrides) 
             "val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss")}
 
 
-def measure(method: str, bb: str, dname: str, runs: Path) -> dict:
+def measure(method: str, bb: str, dname: str, runs: Path, overrides: dict | None = None) -> dict:
     backbone, data = BACKBONES[bb], DATASETS[dname]
+    if overrides:  # a candidate default, measured on the same rows (docs/accuracy.md: chosen on validation)
+        return retreino_run(backbone, data, runs, f"{bb}-{dname}-candidate", **overrides)
     if method == "probe":
         return linear_probe(backbone, data)
     if method == "notebook":
@@ -113,10 +115,11 @@ def table(results: list[dict]) -> str:
     rows = {}
     for r in results:
         rows.setdefault((r["backbone"], r["data"]), {})[r["method"]] = r
-    methods = METHODS + tuple(m for m in EXTRA_METHODS if any(r["method"] == m for r in results))
+    seen = list(dict.fromkeys(r["method"] for r in results))
+    methods = METHODS + tuple(m for m in seen if m not in METHODS)
     titles = {"notebook": "notebook's recipe", "probe": "linear probe", "defaults": "`retreino train` defaults",
               "lp-ft-5": "probe + last 5 at 1e-5 (Dec 2 defaults)"}
-    lines = ["| starting model | data | " + " | ".join(f"{titles[m]}: acc / loss / wall / CPU" for m in methods) + " |",
+    lines = ["| starting model | data | " + " | ".join(f"{titles.get(m, m)}: acc / loss / wall / CPU" for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for (bb, dname), by in rows.items():
         cells = []
@@ -134,16 +137,28 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}")
     ap.add_argument("--out", default="accuracy.jsonl", help="JSON lines, appended (default accuracy.jsonl)")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a candidate default: TrainConfig fields over the defaults, run as the one method "
+                         "'defaults[FIELD=VALUE,...]' (repeatable; values parsed as JSON, else strings)")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     out = Path(args.out)
     if not args.table_only:
         pairs = ([tuple(p.split(":")) for p in args.rows.split(",")] if args.rows
                  else [(b, d) for b in BACKBONES for d in DATASETS])
         methods = [m for m in args.methods.split(",") if m]
+        if overrides:
+            methods = ["defaults[" + ",".join(args.set) + "]"]
         with tempfile.TemporaryDirectory(prefix="retreino-bench-acc-") as tmp:
             for bb, dname in pairs:
                 for method in methods:
-                    r = {"backbone": bb, "data": dname, "method": method, **measure(method, bb, dname, Path(tmp))}
+                    r = {"backbone": bb, "data": dname, "method": method, **measure(method, bb, dname, Path(tmp), overrides)}
                     with out.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(r) + "\n")
                     print(json.dumps(r), flush=True)

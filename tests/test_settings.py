@@ -42,6 +42,7 @@ BAD_FLAGS = [
     ("--head-init", "probe", "unknown --head-init 'probe': use linear-probe or warmup"),
     ("--tta", "yes", "unknown --tta 'yes': use auto, off or on"),
     ("--weight-average", "swa", "unknown --weight-average 'swa': use ema or off"),
+    ("--layer-decay", "0", "--layer-decay must be in (0, 1], got 0.0"),
 ]
 BAD_CONFIG = [
     ("monitor", "val_acc", "unknown monitor 'val_acc': use accuracy, loss, val_accuracy or val_loss"),

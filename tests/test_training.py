@@ -170,6 +170,39 @@ def test_fine_tuning_validates_and_saves_the_weight_average(tmp_path):
 
 
 @pytest.mark.slow
+def test_layer_decay_gives_each_layer_below_the_head_a_smaller_share_of_the_rate(tmp_path):
+    """--layer-decay 0.5: one SGD step moves the k-th trainable layer below the head by 0.5**k of what the
+    same step moves it at one rate. The saved files hold a plain Keras SGD (they load without retreino); the
+    scales come from the layers that train, which a reloaded last.keras (--resume) still says."""
+    import keras
+
+    from retreino.optimizers import layer_rate_scales
+    from retreino.training import train
+
+    data = _subset(tmp_path / "data", 12, 6)  # 24 training photos: one batch, one step
+    start = {v.path: np.asarray(v) for v in prepare_for_classes(load_model(WATER_BOTTLES), ["cats", "dogs"],
+                                                                seed=1).loaded.model.weights}
+    moved, lines = {}, []
+    for decay in (1.0, 0.5):
+        run = train(model=str(WATER_BOTTLES), data=str(data), epochs=1, head_init="warmup", warmup_epochs=0, tta="off",
+                    optimizer="sgd", learning_rate=0.01, layer_decay=decay, unfreeze=5, seed=1,
+                    runs_dir=str(tmp_path / "runs"), name=f"d{decay}", printer=lines.append)
+        last = keras.saving.load_model(run.dir / "last.keras", compile=True)
+        moved[decay] = {v.path: np.asarray(v) - start[v.path] for v in last.trainable_variables}
+        assert type(last.optimizer) is keras.optimizers.SGD
+        if decay != 1.0:
+            scales = layer_rate_scales(flatten_layers(last), decay)
+    kernels = [p for p in moved[1.0] if p.endswith("kernel")]  # forward order: block_16_project, Conv_1, head
+    assert [p.split("/")[-2] for p in kernels] == ["block_16_project", "Conv_1", "retreino_head"]
+    for k, path in enumerate(reversed(kernels)):
+        assert scales.get(path, 1.0) == 0.5 ** k
+        full, decayed = moved[1.0][path], moved[0.5][path]
+        assert float(np.abs(full).max()) > 1e-6, path  # the step moved it
+        np.testing.assert_allclose(decayed, full * 0.5 ** k, rtol=1e-3, atol=1e-7, err_msg=path)
+    assert any("learning rate 0.01 at the head, down to 0.0025 in the deepest layer" in line for line in lines), lines
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_clear_message_and_keeps_best(tmp_path, capsys):
     data = _subset(tmp_path / "data", 30, 10)
     args = ["train", "--model", str(WATER_BOTTLES), "--data", str(data), "--runs-dir", str(tmp_path / "runs"),

@@ -80,6 +80,7 @@ TRAIN_CONSTRAINTS: dict[str, list] = {
     "tta": [StrOptions({"auto", "on", "off"})],  # tta.TTA_CHOICES
     "weight_average": [StrOptions(WEIGHT_AVERAGES)],
     "ema_momentum": [Interval(Real, 0, 1, closed="left")],
+    "layer_decay": [Interval(Real, 0, 1, closed="right")],
 }
 
 
@@ -202,6 +203,9 @@ class TrainConfig:
     # step's. Off by default: on validation it won on 2 of the 4 rows that fine-tune and lost on 2 (docs/accuracy.md).
     weight_average: str = "off"  # ema | off
     ema_momentum: float = 0.99  # the average's decay per step: about the last 100 batches
+    # Discriminative rates: each trainable layer below the head at `layer_decay` times the rate of the one above it
+    # (retreino.optimizers). 1: one rate for all, as the notebook.
+    layer_decay: float = 1.0
     warmup_epochs: int = 3  # head-only epochs when the head is new
     warmup_learning_rate: float = 1e-3
     dropout: float = 0.0  # before a new head

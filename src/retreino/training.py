@@ -31,9 +31,11 @@ from .config import TrainConfig  # noqa: E402
 from .console import set_resume_command, table  # noqa: E402
 from .errors import RetreinoError, TrainingError  # noqa: E402
 from .models import LoadedModel, load_model  # noqa: E402
+from .models.graph import flatten_layers  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
 from .models.summary import count_params  # noqa: E402
 from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
+from .optimizers import keeps_weight_average, layer_rate_scales, make_optimizer, rate_scales_of, with_layer_rates  # noqa: E402
 from .provenance import config_record, describe_data  # noqa: E402
 from .runs import RunDir, RunState  # noqa: E402
 from .training_data import TrainingData  # noqa: E402
@@ -308,6 +310,8 @@ class _Trainer:
             self.freeze(phase)
             model = self.loaded.model
             self.compile(model, lr, average=phase == "finetune" and cfg.weight_average == "ema")
+        if phase == "finetune":  # a resumed run's optimizer too: its saved file holds a plain Keras one
+            with_layer_rates(model.optimizer, layer_rate_scales(flatten_layers(model), cfg.layer_decay))
         self.loaded = LoadedModel(model, self.info)
         fit_model = model
         if acc is not None:
@@ -319,8 +323,10 @@ class _Trainer:
             self.compile(fit_model, optimizer=model.optimizer)
         trainable = count_params(model.trainable_weights)
         average = keeps_weight_average(model.optimizer)
+        scales = rate_scales_of(model.optimizer)
         self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                      f" ({trainable:,} trainable parameters), learning rate {lr:g}"
+                     + (f" at the head, down to {lr * min(scales.values()):.3g} in the deepest layer" if scales else "")
                      + (", weights averaged (EMA)" if average else ""))
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
@@ -382,7 +388,8 @@ class _Trainer:
             elif phase == "warmup":
                 first = f" (after a {n}-epoch head-only warm-up at {lr:g})"
         self.printer(f"Trainable parameters: {count_params(model.trainable_weights):,} of {count_params(model.weights):,}"
-                     + first + f", learning rate {self.cfg.learning_rate:g}")
+                     + first + f", learning rate {self.cfg.learning_rate:g}"
+                     + (f" at the head, times {self.cfg.layer_decay:g} per layer below it" if self.cfg.layer_decay != 1 else ""))
 
 
 def _lost_peer_errors() -> tuple:
@@ -404,25 +411,6 @@ def check_trainable(ds, data) -> None:
         raise RetreinoError(f"no validation images in {data}: add a validation/ folder or use --val-split")
     if len(ds.class_names) < 2:
         raise RetreinoError(f"need at least 2 classes, found {len(ds.class_names)} in {data}")
-
-
-def make_optimizer(name: str, learning_rate: float | None, ema_momentum: float | None = None):
-    """A Keras optimizer by its config name (config.OPTIMIZERS), at `learning_rate`.
-
-    `ema_momentum`: the optimizer also keeps a moving average of the weights (Keras' `use_ema`),
-    which `callbacks.AveragedWeights` validates and saves."""
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-                  "rmsprop": keras.optimizers.RMSprop, "adamw": keras.optimizers.AdamW}
-    if name.lower() not in optimizers:  # TrainConfig.validate rejects it earlier; a field set later lands here
-        raise RetreinoError(f"unknown optimizer {name!r}: use one of {', '.join(optimizers)}")
-    ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": ema_momentum}
-    return optimizers[name.lower()](learning_rate=learning_rate, **ema)
-
-
-def keeps_weight_average(optimizer) -> bool:
-    """Whether `optimizer` keeps a moving average of the weights (a resumed run's, too, whatever the config says)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps it in a LossScaleOptimizer
-    return bool(getattr(inner, "use_ema", False))
 
 
 def loss_and_metric(head: str, units: int, label_smoothing: float = 0.0):

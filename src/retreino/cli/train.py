@@ -21,6 +21,8 @@ OPTIONS = {
               "validation loss without losing validation accuracy) | on | off"),
     "--weight-average": ("weight_average", str, "ema: validation and the best model use the moving average of the "
                          "fine-tuning weights | off (default): the last step's weights"),
+    "--layer-decay": ("layer_decay", float, "discriminative rates: each trainable layer below the head trains at this "
+                      "times the rate of the layer above it, e.g. 0.8 (default 1: one rate for all)"),
     "--warmup-lr": ("warmup_learning_rate", float, f"(default {_D.warmup_learning_rate:g})"),
     "--dropout": ("dropout", float, "dropout before a new head (default 0)"),
     "--class-weight": ("class_weight", str, "'balanced' weighs classes by inverse frequency"),
