@@ -681,6 +681,24 @@ def test_a_run_directory_is_held_by_one_process_and_killed_writes_are_cleaned(tm
     assert not stale.exists()
 
 
+def test_a_run_lock_released_at_interpreter_exit_needs_no_import(tmp_path, monkeypatch):
+    """A trainer's lock can be collected last at exit, when Python refuses imports ("sys.meta_path is
+    None"): releasing it then must not print "Exception ignored in RunLock.__del__" after a clean run."""
+    import os
+
+    from retreino import runs
+
+    lock = runs.lock_run_dir(tmp_path)
+    fd = lock.fd
+    monkeypatch.delitem(sys.modules, "os")  # what a late shutdown looks like to an `import os`
+    monkeypatch.setattr(sys, "meta_path", None)
+    lock.__del__()
+    monkeypatch.undo()
+    assert lock.fd is None
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the descriptor really was closed
+
+
 @pytest.mark.parametrize("killed", ["before_commit", "after_first_rename"])
 def test_best_keras_and_h5_are_always_from_the_same_epoch_after_a_kill(killed, tmp_path):
     import os

@@ -246,14 +246,14 @@ def _number(v: str):
 class RunLock:
     """An flock on the run directory itself (no lock file left behind); released by `close()` or exit."""
 
+    _os_close = staticmethod(os.close)  # bound now: `__del__` may run at interpreter exit, when imports fail
+
     def __init__(self, fd: int):
         self.fd = fd
 
     def close(self) -> None:
-        import os
-
         if self.fd is not None:
-            os.close(self.fd)
+            self._os_close(self.fd)
             self.fd = None
 
     def __del__(self):
@@ -269,7 +269,6 @@ def lock_run_dir(run_dir: str | Path) -> RunLock:
     (`.fine_tuned_model.XXXX.keras` ...) are removed.
     """
     import fcntl
-    import os
 
     run_dir = Path(run_dir)
     fd = os.open(run_dir, os.O_RDONLY)
@@ -277,8 +276,6 @@ def lock_run_dir(run_dir: str | Path) -> RunLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        from .errors import RetreinoError
-
         raise RetreinoError(f"{run_dir} is in use by another retreino process: "
                             "wait for it to finish, or stop it first") from None
     recover_best(run_dir)
