@@ -28,6 +28,7 @@ stdout and one JSON line per result in --out (appended as they finish, so a long
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -137,6 +138,8 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS + EXTRA_METHODS)}")
     ap.add_argument("--out", default="accuracy.jsonl", help="JSON lines, appended (default accuracy.jsonl)")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--keep", metavar="DIR", help="keep the run folders in DIR (default: a temporary folder, deleted), "
+                    "e.g. to evaluate the same runs again with --ood")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="a candidate default: TrainConfig fields over the defaults, run as the one method "
                          "'defaults[FIELD=VALUE,...]' (repeatable; values parsed as JSON, else strings)")
@@ -155,7 +158,8 @@ def main() -> int:
         methods = [m for m in args.methods.split(",") if m]
         if overrides:
             methods = ["defaults[" + ",".join(args.set) + "]"]
-        with tempfile.TemporaryDirectory(prefix="retreino-bench-acc-") as tmp:
+        keep = contextlib.nullcontext(args.keep) if args.keep else None
+        with keep or tempfile.TemporaryDirectory(prefix="retreino-bench-acc-") as tmp:
             for bb, dname in pairs:
                 for method in methods:
                     r = {"backbone": bb, "data": dname, "method": method, **measure(method, bb, dname, Path(tmp), overrides)}
