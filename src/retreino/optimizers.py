@@ -55,23 +55,20 @@ def layer_rate_scales(layers: list, decay: float) -> dict[str, float]:
 
 def keeps_weight_average(optimizer) -> bool:
     """Whether `optimizer` keeps a moving average of the weights (a resumed run's, too, whatever the config says)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps it in a LossScaleOptimizer
-    return bool(getattr(inner, "use_ema", False))
+    return bool(getattr(_stepping(optimizer), "use_ema", False))
 
 
-def rate_scales_of(optimizer) -> dict[str, float]:
-    """The per-variable shares `with_layer_rates` gave `optimizer` ({} when all train at the full rate)."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision wraps it in a LossScaleOptimizer
-    return dict(getattr(inner, "rate_scales", {}) or {})
+def _stepping(optimizer):
+    """The optimizer that takes the steps: mixed precision wraps it in a LossScaleOptimizer."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 def with_layer_rates(optimizer, rate_scales: dict[str, float]):
     """`optimizer`, stepping each variable at `learning_rate * rate_scales[variable.path]` (1 for
     variables not named); returns it. Applied again to the same optimizer it replaces the scales."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision: the wrapped one steps
+    inner = _stepping(optimizer)
     scales = {path: float(s) for path, s in rate_scales.items() if s != 1.0}
     inner.__dict__.pop("update_step", None)  # the class's own step, under any earlier scales
-    inner.rate_scales = scales
     if not scales:
         return optimizer
     plain_step = inner.update_step

@@ -35,7 +35,7 @@ from .models.graph import flatten_layers  # noqa: E402
 from .models.info import ModelInfo, labels_text  # noqa: E402
 from .models.summary import count_params  # noqa: E402
 from .models.surgery import freeze_all_but_last, freeze_head_only, prepare_for_classes, trainable_report  # noqa: E402
-from .optimizers import keeps_weight_average, layer_rate_scales, make_optimizer, rate_scales_of, with_layer_rates  # noqa: E402
+from .optimizers import keeps_weight_average, layer_rate_scales, make_optimizer, with_layer_rates  # noqa: E402
 from .provenance import config_record, describe_data  # noqa: E402
 from .runs import RunDir, RunState  # noqa: E402
 from .training_data import TrainingData  # noqa: E402
@@ -310,8 +310,9 @@ class _Trainer:
             self.freeze(phase)
             model = self.loaded.model
             self.compile(model, lr, average=phase == "finetune" and cfg.weight_average == "ema")
+        scales = layer_rate_scales(flatten_layers(model), cfg.layer_decay) if phase == "finetune" else {}
         if phase == "finetune":  # a resumed run's optimizer too: its saved file holds a plain Keras one
-            with_layer_rates(model.optimizer, layer_rate_scales(flatten_layers(model), cfg.layer_decay))
+            with_layer_rates(model.optimizer, scales)
         self.loaded = LoadedModel(model, self.info)
         fit_model = model
         if acc is not None:
@@ -323,10 +324,9 @@ class _Trainer:
             self.compile(fit_model, optimizer=model.optimizer)
         trainable = count_params(model.trainable_weights)
         average = keeps_weight_average(model.optimizer)
-        scales = rate_scales_of(model.optimizer)
         self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                      f" ({trainable:,} trainable parameters), learning rate {lr:g}"
-                     + (f" at the head, down to {lr * min(scales.values()):.3g} in the deepest layer" if scales else "")
+                     + (f" at the head, down to {lr * min(scales.values()):.3g} in the deepest layer" if scales and min(scales.values()) < 1 else "")
                      + (", weights averaged (EMA)" if average else ""))
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,
