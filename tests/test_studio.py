@@ -418,7 +418,9 @@ def test_the_whole_journey_in_chromium(tmp_path, browser):
 
         assert accuracy == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["accuracy"], abs=1e-3)
         page.wait_for_selector("#eval-plots img[data-file='confusion_matrix.png']")
-        assert page.locator("#eval-plots img").evaluate_all("imgs => imgs.every(i => i.complete && i.naturalWidth > 0)")
+        # every plot is a picture that loads (waited for: the browser fetches them after the selector appears)
+        page.wait_for_function("() => [...document.querySelectorAll('#eval-plots img')]"
+                               ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
         shot(page, "evaluate")
 
         # 4. export TFLite and download it: the file loads in the LiteRT interpreter and classifies

@@ -598,12 +598,17 @@ function figure(item, caption, run) {
   const fig = el("figure", { "data-class": item.class, "data-name": item.name, "data-run": run },
     el("img", { class: "thumb", src: thumbUrl(item.class, item.name), alt: item.name, loading: "lazy" }),
     el("figcaption", { text: caption }));
-  const suspect = state.suspects.get(`${item.class}/${item.name}`);
-  if (suspect) {
-    fig.classList.add("suspect");
-    fig.append(el("span", { class: "suspect-badge", title: `labelled ${suspect.given}, looks like ${suspect.likely}`, text: `label? ${suspect.likely}` }));
-  }
+  markSuspect(fig);
   return fig;
+}
+
+// The badge follows state.suspects: set when a figure is made, and again on the gallery already shown when the label
+// check's answer arrives, so the list and the badges never disagree on the page.
+function markSuspect(fig) {
+  const suspect = state.suspects.get(`${fig.dataset.class}/${fig.dataset.name}`);
+  fig.classList.toggle("suspect", Boolean(suspect));
+  fig.querySelector(".suspect-badge")?.remove();
+  if (suspect) fig.append(el("span", { class: "suspect-badge", title: `labelled ${suspect.given}, looks like ${suspect.likely}`, text: `label? ${suspect.likely}` }));
 }
 
 function renderGallery() {
@@ -642,9 +647,10 @@ function toggleWhy() {
 
 async function loadLabelIssues() {
   const box = $("#label-issues");
-  state.suspects = new Map();
   let r;
   try { r = await api(`/api/runs/${enc(state.run)}/label-issues`); } catch (e) {
+    state.suspects = new Map();
+    for (const fig of document.querySelectorAll("#misclassified figure")) markSuspect(fig);
     if (box.dataset.state !== "running" || !(state.job && state.job.kind === "label-issues" && state.job.status === "running")) {
       box.dataset.state = "none";
       box.replaceChildren(el("p", { class: "meta", text: "Not checked yet." }));
@@ -652,7 +658,8 @@ async function loadLabelIssues() {
     $("#label-issues-count").textContent = "";
     return;
   }
-  for (const i of r.issues) state.suspects.set(`${i.class}/${i.name}`, i);
+  state.suspects = new Map(r.issues.map((i) => [`${i.class}/${i.name}`, i]));
+  for (const fig of document.querySelectorAll("#misclassified figure")) markSuspect(fig);
   box.dataset.state = "done";
   $("#label-issues-count").textContent = `${r.total} found`;
   box.replaceChildren(...r.issues.map((i) => figure(i, `labelled ${i.given}, looks like ${i.likely} (${(i.confidence * 100).toFixed(0)}%)`, r.run)));
