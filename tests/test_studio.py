@@ -599,7 +599,11 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
         page.uncheck("#why")
         assert first.locator("img.thumb").is_visible()
 
-        # possible wrong labels: check-data --model RUN as a job; the page lists what label_issues.csv says
+        # possible wrong labels: check-data --model RUN as a job; the page lists what label_issues.csv says.
+        # The evaluation the page fetches again when the job ends is held back until the badges are checked: the
+        # gallery already shown must carry them as soon as the list says done (they once waited for that fetch).
+        held = []
+        page.route("**/api/runs/dropped/evaluation", lambda route: held.append(route))
         page.click("#issues-btn")
         # done, with what check-data found (its exit status 1 would say "problems", never "failed")
         assert job_end(page, "label-issues", 300) == "done", page.inner_text("#log")
@@ -622,6 +626,10 @@ def test_a_dropped_h5_trains_then_evaluate_shows_why_and_possible_wrong_labels(t
             "fs => fs.map(f => f.dataset.class + '/' + f.dataset.name)"))
         in_gallery = set(figures.evaluate_all("fs => fs.map(f => f.dataset.class + '/' + f.dataset.name)"))
         assert badged == suspects & in_gallery
+        assert held, "the page did not fetch the evaluation again: the held-back case was not exercised"
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/runs/dropped/evaluation")
         assert rows, "the label check named no suspect: the list view was not exercised"
         print(f"\nlabel check: {len(rows)} suspect(s), {len(suspects & filed)} of the {len(filed)} filed dogs: {sorted(suspects)}")
         page.check("#why")
