@@ -42,13 +42,14 @@ def make_optimizer(name: str, learning_rate: float | None, ema_momentum: float |
 
 
 def layer_rate_scales(layers: list, decay: float) -> dict[str, float]:
-    """{variable path: decay**k} for the k-th layer with trainable weights counted from the last
-    (k = 0, the head: the full rate). `layers` in forward order (`graph.flatten_layers`)."""
+    """{variable path: decay**k} for the k-th layer with trainable weights counted from the last, k >= 1;
+    the head (k = 0) and every layer when decay is 1 train at the full rate, so are not named.
+    `layers` in forward order (`graph.flatten_layers`)."""
     if decay == 1.0:
         return {}
     scales = {}
     for k, layer in enumerate(reversed([layer for layer in layers if layer.trainable_weights])):
-        for variable in layer.trainable_weights:
+        for variable in layer.trainable_weights if k else ():
             scales[variable.path] = decay ** k
     return scales
 

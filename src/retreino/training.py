@@ -310,8 +310,9 @@ class _Trainer:
             self.freeze(phase)
             model = self.loaded.model
             self.compile(model, lr, average=phase == "finetune" and cfg.weight_average == "ema")
-        scales = layer_rate_scales(flatten_layers(model), cfg.layer_decay) if phase == "finetune" else {}
+        scales = {}
         if phase == "finetune":  # a resumed run's optimizer too: its saved file holds a plain Keras one
+            scales = layer_rate_scales(flatten_layers(model), cfg.layer_decay)
             with_layer_rates(model.optimizer, scales)
         self.loaded = LoadedModel(model, self.info)
         fit_model = model
@@ -326,7 +327,7 @@ class _Trainer:
         average = keeps_weight_average(model.optimizer)
         self.printer(f"{'Warm-up: head only' if phase == 'warmup' else f'Fine-tuning the last {cfg.unfreeze} layers'}"
                      f" ({trainable:,} trainable parameters), learning rate {lr:g}"
-                     + (f" at the head, down to {lr * min(scales.values()):.3g} in the deepest layer" if scales and min(scales.values()) < 1 else "")
+                     + (f" at the head, down to {lr * min(scales.values()):.3g} in the deepest layer" if scales else "")
                      + (", weights averaged (EMA)" if average else ""))
         callbacks = phase_callbacks(cfg, phase, total, state, history, nan_guard, run_dir=self.run_dir,
                                     save_best=self.save_best, printer=self.printer, extra=self.extra_callbacks,

@@ -645,12 +645,17 @@ function toggleWhy() {
   if (on) for (const fig of document.querySelectorAll("#misclassified figure, #label-issues figure")) explainFigure(fig);
 }
 
+// The label check's suspects, and their badges on the gallery already shown (before the list says done).
+function setSuspects(issues) {
+  state.suspects = new Map(issues.map((i) => [`${i.class}/${i.name}`, i]));
+  for (const fig of document.querySelectorAll("#misclassified figure")) markSuspect(fig);
+}
+
 async function loadLabelIssues() {
   const box = $("#label-issues");
   let r;
   try { r = await api(`/api/runs/${enc(state.run)}/label-issues`); } catch (e) {
-    state.suspects = new Map();
-    for (const fig of document.querySelectorAll("#misclassified figure")) markSuspect(fig);
+    setSuspects([]);
     if (box.dataset.state !== "running" || !(state.job && state.job.kind === "label-issues" && state.job.status === "running")) {
       box.dataset.state = "none";
       box.replaceChildren(el("p", { class: "meta", text: "Not checked yet." }));
@@ -658,8 +663,7 @@ async function loadLabelIssues() {
     $("#label-issues-count").textContent = "";
     return;
   }
-  state.suspects = new Map(r.issues.map((i) => [`${i.class}/${i.name}`, i]));
-  for (const fig of document.querySelectorAll("#misclassified figure")) markSuspect(fig);
+  setSuspects(r.issues);
   box.dataset.state = "done";
   $("#label-issues-count").textContent = `${r.total} found`;
   box.replaceChildren(...r.issues.map((i) => figure(i, `labelled ${i.given}, looks like ${i.likely} (${(i.confidence * 100).toFixed(0)}%)`, r.run)));
