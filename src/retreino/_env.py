@@ -45,6 +45,30 @@ def quiet_loggers(*names: str, level: int = logging.ERROR):
             logging.getLogger(n).setLevel(old)
 
 
+class _DropRetracingNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_retracing():
+    """Drop TensorFlow's "N out of the last M calls ... triggered tf.function retracing" notice in the block.
+
+    Cross-validation and tuning build a new model, and with it new tf.functions (Keras' train
+    step, the prefix and feature passes), for every fold or trial of one process. TensorFlow
+    counts traces by source line, not by function object, so from the fifth fold on it warns of
+    a loop that retraces needlessly (16 lines of it in a 6-fold `retreino cv`): here each trace
+    is a new model's first. Only that notice, only inside the block; other warnings still show.
+    """
+    logger = logging.getLogger("tensorflow")
+    notice = _DropRetracingNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def import_tensorflow():
     """Import TensorFlow with its native start-up log lines (absl, oneDNN banner) silenced.
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import runs
+from .._env import quiet_retracing
 from ..atomic import write_json, write_text
 from ..config import TrainConfig
 from ..console import table
@@ -128,29 +129,30 @@ def cross_validate(config: TrainConfig | None = None, *, folds: int = 5, printer
 
     countdown = Countdown(folds, "fold")
     results: list[dict] = []
-    for k in range(1, folds + 1):
-        fold_run = cv_dir / f"fold_{k}"
-        if _finished(fold_run) and (fold_run / FOLD_METRICS).exists():
-            record = runs.RunDir(fold_run).read_json(FOLD_METRICS)
+    with quiet_retracing():  # a new model per fold (_env.quiet_retracing)
+        for k in range(1, folds + 1):
+            fold_run = cv_dir / f"fold_{k}"
+            if _finished(fold_run) and (fold_run / FOLD_METRICS).exists():
+                record = runs.RunDir(fold_run).read_json(FOLD_METRICS)
+                results.append(record)
+                printer(f"fold {k}/{folds}: already finished (accuracy {record['accuracy']:.3f}); skipped")
+                continue
+            held = assignment == k - 1
+            train_paths = [p for p, h in zip(paths, held) if not h]
+            val_paths = [p for p, h in zip(paths, held) if h]
+            printer(countdown.line(k, folds - k + 1, f"train {len(train_paths)} / validate {len(val_paths)} images"))
+            countdown.start()
+            run = _train_fold(cfg, cv_dir, k, train_paths, labels[~held], val_paths, labels[held], classes,
+                              IndentPrinter(printer, skip=_REPEATED + (("Data:",) if k > 1 else ())))
+            if run.interrupted:
+                printer(f"Interrupted in fold {k}: run the same command again to continue from its last epoch")
+                raise KeyboardInterrupt
+            record = _measure_fold(run, k, len(train_paths), val_paths, labels[held], classes)
+            took = countdown.stop()
+            write_json(fold_run / FOLD_METRICS, record)
             results.append(record)
-            printer(f"fold {k}/{folds}: already finished (accuracy {record['accuracy']:.3f}); skipped")
-            continue
-        held = assignment == k - 1
-        train_paths = [p for p, h in zip(paths, held) if not h]
-        val_paths = [p for p, h in zip(paths, held) if h]
-        printer(countdown.line(k, folds - k + 1, f"train {len(train_paths)} / validate {len(val_paths)} images"))
-        countdown.start()
-        run = _train_fold(cfg, cv_dir, k, train_paths, labels[~held], val_paths, labels[held], classes,
-                          IndentPrinter(printer, skip=_REPEATED + (("Data:",) if k > 1 else ())))
-        if run.interrupted:
-            printer(f"Interrupted in fold {k}: run the same command again to continue from its last epoch")
-            raise KeyboardInterrupt
-        record = _measure_fold(run, k, len(train_paths), val_paths, labels[held], classes)
-        took = countdown.stop()
-        write_json(fold_run / FOLD_METRICS, record)
-        results.append(record)
-        printer(f"fold {k}/{folds} done in {duration(took)}: accuracy {record['accuracy']:.3f}, "
-                f"macro F1 {record['macro_f1']:.3f}, loss {record['loss']:.4f} (best epoch {record['best_epoch']})")
+            printer(f"fold {k}/{folds} done in {duration(took)}: accuracy {record['accuracy']:.3f}, "
+                    f"macro F1 {record['macro_f1']:.3f}, loss {record['loss']:.4f} (best epoch {record['best_epoch']})")
 
     summary = summarise(results, cfg, folds, classes, plan)
     write_json(cv_dir / SUMMARY, summary)

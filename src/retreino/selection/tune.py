@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import runs
+from .._env import quiet_retracing
 from ..atomic import write_json, write_text
 from ..config import AugmentConfig, TrainConfig, is_improvement, monitor_mode
 from ..console import table
@@ -184,35 +185,36 @@ def tune(config: TrainConfig | None = None, *, trials: int = 20, space: SearchSp
     printer(f"  folder: {tune_dir}")
 
     countdown = Countdown(trials, "trial")
-    for i in range(max(left, 0)):
-        if timeout is not None and countdown.durations and (sum(countdown.durations) + countdown.eta(1)) > timeout:
-            printer(f"Stopping: another trial would run past --timeout {duration(timeout)}")
-            break
-        trial = study.ask()
-        params = space.suggest(trial)
-        cfg = dataclasses.replace(apply_params(base, params), runs_dir=str(tune_dir), name=f"trial_{trial.number:03d}")
-        run_dir = tune_dir / cfg.name
-        if run_dir.exists():  # left by an attempt this study no longer knows of
-            shutil.rmtree(run_dir)
-        trial.set_user_attr("run_dir", str(run_dir))
-        index = done + i + 1
-        printer(countdown.line(index, trials - index + 1, _describe_params(params)))
-        countdown.start()
-        outcome = _run_trial(study, trial, cfg, IndentPrinter(printer, skip=("Next:", "Saved in") + (("Data:",) if index > 1 else ())))
-        took = countdown.stop()
-        if outcome == "interrupted":
-            printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
-            raise KeyboardInterrupt
-        trial_row = _row(study.trials[trial.number], _retried(study), monitor)
-        head = f"trial {index}/{trials} [{cfg.name}]"
-        if outcome == "complete":
-            best = _best(study, monitor)
-            printer(f"{head} done in {duration(took)}: {monitor} {_score_text(monitor, trial_row['score'])}; "
-                    f"best so far {_score_text(monitor, best['score'])} (trial_{best['trial']:03d})")
-        elif outcome == "pruned":
-            printer(f"{head} pruned after epoch {trial_row['epochs']} ({monitor} {_score_text(monitor, trial_row['score'])})")
-        else:
-            printer(f"{head} failed: {trial_row.get('error') or study.trials[trial.number].user_attrs.get('error')}")
+    with quiet_retracing():  # a new model per trial (_env.quiet_retracing)
+        for i in range(max(left, 0)):
+            if timeout is not None and countdown.durations and (sum(countdown.durations) + countdown.eta(1)) > timeout:
+                printer(f"Stopping: another trial would run past --timeout {duration(timeout)}")
+                break
+            trial = study.ask()
+            params = space.suggest(trial)
+            cfg = dataclasses.replace(apply_params(base, params), runs_dir=str(tune_dir), name=f"trial_{trial.number:03d}")
+            run_dir = tune_dir / cfg.name
+            if run_dir.exists():  # left by an attempt this study no longer knows of
+                shutil.rmtree(run_dir)
+            trial.set_user_attr("run_dir", str(run_dir))
+            index = done + i + 1
+            printer(countdown.line(index, trials - index + 1, _describe_params(params)))
+            countdown.start()
+            outcome = _run_trial(study, trial, cfg, IndentPrinter(printer, skip=("Next:", "Saved in") + (("Data:",) if index > 1 else ())))
+            took = countdown.stop()
+            if outcome == "interrupted":
+                printer(f"Interrupted in {cfg.name}: run the same command again; this trial then runs anew")
+                raise KeyboardInterrupt
+            trial_row = _row(study.trials[trial.number], _retried(study), monitor)
+            head = f"trial {index}/{trials} [{cfg.name}]"
+            if outcome == "complete":
+                best = _best(study, monitor)
+                printer(f"{head} done in {duration(took)}: {monitor} {_score_text(monitor, trial_row['score'])}; "
+                        f"best so far {_score_text(monitor, best['score'])} (trial_{best['trial']:03d})")
+            elif outcome == "pruned":
+                printer(f"{head} pruned after epoch {trial_row['epochs']} ({monitor} {_score_text(monitor, trial_row['score'])})")
+            else:
+                printer(f"{head} failed: {trial_row.get('error') or study.trials[trial.number].user_attrs.get('error')}")
 
     return write_outputs(study, base, tune_dir, trials, printer, name=name)
 
