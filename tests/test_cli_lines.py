@@ -13,7 +13,14 @@ def test_interrupted_prints_the_exact_command_to_run_again():
     """A real Ctrl+C (SIGINT) while a folder is being predicted, once the first result is out."""
     folder = str(CATS_VS_DOGS / "test")
     args = ["predict", str(WATER_BOTTLES), folder, "--runtime", "keras", "--batch-size", "1"]
-    proc = subprocess.Popen([sys.executable, "-m", "retreino", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # As a terminal's foreground job gets it: SIGINT handled and unblocked. A child inherits both from
+    # this test worker, and a Python started with SIGINT ignored leaves it ignored (once in CI the
+    # command ran to its end, exit 0). The exec keeps the process id that the signal goes to.
+    start = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+             "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+             "os.execv(sys.executable, [sys.executable, '-m', 'retreino', *sys.argv[1:]])")
+    worker = f"this worker: SIGINT handler {signal.getsignal(signal.SIGINT)}, blocked {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+    proc = subprocess.Popen([sys.executable, "-c", start, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         first = proc.stdout.readline()  # the model is loaded and predicting
@@ -23,7 +30,7 @@ def test_interrupted_prints_the_exact_command_to_run_again():
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"{err}\n{worker}"
     last = err.strip().splitlines()[-1]
     assert last == f"retreino predict: interrupted; run it again with: retreino {' '.join(args)}"
 

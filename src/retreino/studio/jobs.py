@@ -95,7 +95,12 @@ class Job:
                                verdict=str(report["verdict"]))
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _child_setup() -> None:  # runs in the child between fork and exec
+    # Stop sends SIGINT, and a Python started with SIGINT ignored leaves it ignored: a studio run as
+    # a background job of a script (`retreino studio &`: the shell ignores SIGINT for it) would pass
+    # that on, and Stop could only kill the job after its grace period. The child gets Ctrl-C back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         import ctypes
 
@@ -134,7 +139,7 @@ class JobRunner:
             proc = subprocess.Popen(
                 [self.python, "-m", "retreino", *args], stdin=subprocess.DEVNULL, stdout=stdout if report else out,
                 stderr=out if report else subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=_child_setup if sys.platform.startswith("linux") else None,
             )
         job = Job(job_id, kind, run, list(args), log, proc, detail=detail, report=report)
         self.jobs.append(job)
