@@ -1,3 +1,4 @@
+# make bench: needs arguments (a run folder, or rows and seeds): see the docstring
 """Would a noise-aware rule choose better between the linear probe and fine-tuning? (issue 15, Dec 4 2026)
 
 `retreino train` lets a fine-tuning epoch replace the recipe's linear probe when it is better on validation in

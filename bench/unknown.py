@@ -1,3 +1,4 @@
+# make bench: needs arguments (a run folder, or rows and seeds): see the docstring
 """Measure the unknown detectors (kNN, Mahalanobis) and the MSP baseline of a fitted run on an OOD folder.
 
 Usage: python bench/unknown.py RUN_DIR OOD_DIR  (fits the run first when it has no detector)

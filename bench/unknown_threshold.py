@@ -1,3 +1,4 @@
+# make bench: needs arguments (a run folder, or rows and seeds): see the docstring
 """How steady is the unknown threshold? Re-split a probe run's frozen features and count test rejections.
 
 Usage: python bench/unknown_threshold.py RUN_DIR [SPLITS]
