@@ -176,7 +176,6 @@ def test_a_check_data_job_that_finds_problems_is_done_and_one_that_dies_is_faile
         assert crashed.status == "failed" and "problems" not in crashed.to_dict()
 
 
-
 def test_stop_reaches_a_job_of_a_studio_that_ignores_ctrl_c(tmp_path):
     """A studio started as a script's background job (`retreino studio &`) has SIGINT ignored, and a
     Python child would inherit that: Stop (SIGINT) must still end the job as Ctrl-C does (exit 130),
@@ -202,6 +201,7 @@ def test_stop_reaches_a_job_of_a_studio_that_ignores_ctrl_c(tmp_path):
             job.proc.kill()
     assert job.returncode == 130 and job.status == "stopped", job.log_tail()
     assert "retreino predict: interrupted" in job.log_tail()
+
 
 # ---- the project API on a real server ---------------------------------------------------------------
 

@@ -34,7 +34,8 @@ def quiet_native():
 
 @contextlib.contextmanager
 def quiet_loggers(*names: str, level: int = logging.ERROR):
-    """Raise the level of the named Python loggers for the block; the one logger silencer."""
+    """Raise the level of the named Python loggers for the block; the one level silencer
+    (`quiet_retracing` drops one message of TensorFlow's at its own level)."""
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(level)
