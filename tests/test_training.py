@@ -19,7 +19,7 @@ from retreino import load_model
 from retreino.cli import main
 from retreino.models.graph import flatten_layers
 from retreino.models.summary import count_params
-from retreino.models.surgery import freeze_all_but_last, prepare_for_classes
+from retreino.models.surgery import HEAD_NAME, freeze_all_but_last, prepare_for_classes
 
 
 def test_last_n_counts_flattened_layers_and_keeps_batchnorm_frozen():
@@ -115,7 +115,14 @@ def test_training_run_learns_and_writes_every_file(trained_run):
         # The probe's features are the frozen backbone's: the training images' leave-one-out kNN scores
         # join validation's in the unknown threshold.
         assert pooled == {"validation": n_val, "knn_training": n_train}
+        assert cal["head_refit"] is None  # the probe is its own refit
     else:
+        # Fine-tuning won: its head was refitted as a probe on the new features, and kept only when better.
+        refit = cal["head_refit"]
+        assert refit["before"]["val_accuracy"] == pytest.approx(run.best_val_accuracy, abs=1e-6)
+        better = (refit["after"]["val_accuracy"] >= refit["before"]["val_accuracy"]
+                  and refit["after"]["val_loss"] < refit["before"]["val_loss"])
+        assert refit["kept"] == better
         assert cal["fit"]["source"] == "validation"
         assert cal["fit"]["n"] == n_val
         assert pooled == {"validation": n_val, "knn_training": 0}
@@ -273,3 +280,41 @@ def test_killed_while_calibrating_then_resume_only_calibrates(tmp_path):
     assert load_model(run / "fine_tuned_model.keras").info.unknown["threshold"] is not None
     again = subprocess.run(cmd[:4] + ["--resume", str(run)], env=env, capture_output=True, text=True, timeout=600)
     assert "already finished (2 epochs); nothing to resume" in again.stdout
+
+
+def _head_model(dim: int, classes: int):
+    """features -> the recipe's softmax head, as re-headed models name it."""
+    import keras
+
+    inp = keras.Input((dim,))
+    return keras.Model(inp, keras.layers.Dense(classes, activation="softmax", name=HEAD_NAME)(inp))
+
+
+def test_refit_head_replaces_a_worse_head_and_keeps_a_better_one():
+    from retreino.recipe import refit_head
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (3, 16))
+
+    def draw(n):
+        y = np.arange(n) % 3
+        return (centres[y] + rng.normal(0, 0.8, (n, 16))).astype(np.float32), y
+
+    (tf_, ty), (vf, vy), (mf, _) = draw(120), draw(60), draw(120)
+    model = _head_model(16, 3)
+    before = [w.copy() for w in model.get_layer(HEAD_NAME).get_weights()]
+    # A head that knows nothing (uniform answers) is beaten: replaced, and the model answers as the refit says.
+    record = refit_head(model, tf_, ty, vf, vy, np.full((60, 3), 1 / 3), 3, mirror_f=mf)
+    assert record["kept"] and record["after"]["val_loss"] < record["before"]["val_loss"] == pytest.approx(np.log(3))
+    assert record["after"]["val_accuracy"] > 0.9 and record["C"] in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    np.testing.assert_allclose(np.asarray(model(vf)), record["probs"](vf), atol=1e-5)
+    assert not np.allclose(model.get_layer(HEAD_NAME).get_weights()[0], before[0])
+    # A head already right on every validation image with near-certainty is not: the weights stay.
+    model = _head_model(16, 3)
+    kept = [w.copy() for w in model.get_layer(HEAD_NAME).get_weights()]
+    perfect = np.full((60, 3), 1e-6)
+    perfect[np.arange(60), vy] = 1 - 2e-6
+    record = refit_head(model, tf_, ty, vf, vy, perfect, 3)
+    assert not record["kept"] and "probs" not in record and record["mirrored"] is False
+    for w, k in zip(model.get_layer(HEAD_NAME).get_weights(), kept):
+        np.testing.assert_array_equal(w, k)

@@ -269,18 +269,28 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     trainer.printer("Calibrating: temperature and unknown detector from the training and validation features")
     _, train_f, train_y = forward(train_ds)
     val_p, val_f, val_y = forward(val_ds)
+    state = runs.RunDir(run_dir).read_state()
+    from .recipe import MIRROR_TRAINING, best_is_probe, describe_refit, refit_head
+
+    probe_is_best = best_is_probe(run_dir, state)
+    refit = None
+    if state.new_head and getattr(trainer.cfg, "head_init", None) == "linear-probe" and not probe_is_best:
+        # Fine-tuning won over the recipe's probe: refit its head on the new features (recipe.refit_head).
+        mirror_train_f = forward(train_ds, flip=True)[1] if MIRROR_TRAINING else None
+        refit = refit_head(loaded.model, train_f, train_y, val_f, val_y, val_p, len(info.class_names), mirror_train_f)
+        trainer.printer(describe_refit(refit))
+        if refit["kept"]:
+            val_p = refit["probs"](val_f)
     single_val_p = val_p
     # Flip TTA first: the temperature calibrates the answers predictions will really give.
     choice = getattr(trainer.cfg, "tta", "auto")
     mirror_val_p, mirror_val_f, _ = forward(val_ds, flip=True) if choice != "off" else (val_p, None, None)
+    if refit is not None and refit["kept"] and mirror_val_f is not None:
+        mirror_val_p = refit["probs"](mirror_val_f)
     info.tta, tta_record = tta.decide(choice, val_p, mirror_val_p, val_y)
     trainer.printer(tta.describe(tta_record))
     if info.tta:
         val_p = tta.average(val_p, mirror_val_p)
-    state = runs.RunDir(run_dir).read_state()
-    from .recipe import best_is_probe
-
-    probe_is_best = best_is_probe(run_dir, state)
     oof = None
     if probe_is_best and len(train_y) + len(val_y) <= OUT_OF_FOLD_MAX:
         # A probe that learnt from mirror images, or a flip-averaged model, needs the mirrored
@@ -310,6 +320,7 @@ def fit_after_training(trainer, accept: float = DEFAULT_ACCEPT, method: str = DE
     from .calibration import apply_temperature
 
     record = {"temperature": temperature, "fit": check, "tta": tta_record,
+              "head_refit": None if refit is None else {k: v for k, v in refit.items() if k != "probs"},
               "validation_ece_before": expected_calibration_error(val_p, val_y),
               "validation_ece_after": expected_calibration_error(apply_temperature(val_p, temperature), val_y),
               "unknown": info.unknown}

@@ -164,6 +164,45 @@ def run_linear_probe(trainer, state: dict, history: list) -> None:
                     f"val_loss {logs['val_loss']:.4f} ({time.monotonic() - t0:.0f} s)")
 
 
+def refit_head(model, train_f, train_y, val_f, val_y, val_probs, n_classes: int, mirror_f=None) -> dict | None:
+    """After fine-tuning won: the head refitted as a linear probe on the fine-tuned features, kept when better.
+
+    Fine-tuning leaves the head where a few epochs of small SGD steps on augmented photos put it; the
+    convex fit on the new features (C on validation log loss, with the mirrored copies when they lower
+    it, as the first probe) is the head those features support best. It replaces the head only when it
+    is better on validation in accuracy and loss, the rule fine-tuning itself had to pass; then it
+    returns what changed and its `probs(features)`, else None. `docs/accuracy.md` ("the head refitted").
+    """
+    lr, c, probs = fit_probe(train_f, train_y, val_f, val_y, n_classes)
+    mirrored = False
+    if mirror_f is not None:
+        lr_m, c_m, probs_m = fit_probe(np.concatenate([train_f, mirror_f]), np.concatenate([train_y, train_y]),
+                                       val_f, val_y, n_classes)
+        if log_loss_over(val_y, probs_m, n_classes) < log_loss_over(val_y, probs, n_classes):
+            lr, c, probs, mirrored = lr_m, c_m, probs_m, True
+    before = {"val_loss": log_loss_over(val_y, val_probs, n_classes),
+              "val_accuracy": float(np.mean(np.argmax(val_probs, 1) == val_y))}
+    after = {"val_loss": log_loss_over(val_y, probs, n_classes), "val_accuracy": float(np.mean(probs.argmax(1) == val_y))}
+    record = {"kept": after["val_accuracy"] >= before["val_accuracy"] and after["val_loss"] < before["val_loss"],
+              "C": float(c), "mirrored": mirrored, "before": before, "after": after}
+    if not record["kept"]:
+        return record
+    model.get_layer(HEAD_NAME).set_weights(list(head_weights(lr, n_classes, train_f.shape[1])))
+    record["probs"] = lambda f: full_probs(lr, f, n_classes)
+    return record
+
+
+def describe_refit(record: dict) -> str:
+    """The training log's line for `refit_head`."""
+    b, a = record["before"], record["after"]
+    figures = (f"val_accuracy {b['val_accuracy']:.3f} -> {a['val_accuracy']:.3f}, "
+               f"val_loss {b['val_loss']:.4f} -> {a['val_loss']:.4f}")
+    if record["kept"]:
+        return (f"Head refitted as a linear probe on the fine-tuned features (C={record['C']:g}"
+                f"{', with mirror images' if record['mirrored'] else ''}): {figures}")
+    return f"Head kept as fine-tuned: a linear probe on the fine-tuned features was not better on validation ({figures})"
+
+
 def best_is_probe(run_dir, state) -> bool:
     """Whether a run's best model is its linear probe: the epoch its history records as this phase."""
     from . import runs
