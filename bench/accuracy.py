@@ -17,7 +17,8 @@ labels.csv), three ways to train a classifier, each scored on the same untouched
   layers at 1e-5 (`--unfreeze 5 --lr 1e-5`): the "today's" that the deeper defaults' wall time is held to.
 
 Each `retreino train` row also records the best epoch's validation accuracy and loss (the figures the recipe
-was chosen on).
+was chosen on), and whether the head was refitted after fine-tuning won (`head_refit`, with its validation
+figures in `refit_val`: docs/accuracy.md).
 
 Test accuracy, test loss (mean cross-entropy) and training wall time for each; a markdown table on
 stdout and one JSON line per result in --out (appended as they finish, so a long run keeps its rows).
@@ -100,9 +101,12 @@ def retreino_run(backbone: dict, data: str, runs: Path, name: str, **overrides) 
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     m = evaluate(run=run.dir, progress=False, report=False).metrics
     best = run.history[run.best_epoch - 1] if run.best_epoch else {}
+    calibration = run.dir / "calibration.json"  # the head refitted after fine-tuning won (recipe.refit_head)
+    refit = (json.loads(calibration.read_text()).get("head_refit") if calibration.exists() else None) or {}
     return {"accuracy": m["accuracy"], "loss": m["loss"], "wall_s": wall, "cpu_s": cpu, "best_epoch": run.best_epoch,
             "epochs": len(run.history), "best_phase": best.get("phase"), "tta": run.best_model.info.tta,
-            "val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss")}
+            "val_accuracy": best.get("val_accuracy"), "val_loss": best.get("val_loss"),
+            "head_refit": refit.get("kept"), **({"refit_val": refit["after"]} if refit.get("kept") else {})}
 
 
 def resplit(data: str, seed: int, into: Path) -> str:

@@ -350,10 +350,12 @@ class _Trainer:
             self.printer(f"Early stopping: no {cfg.monitor} gain in {cfg.early_stopping_patience} epochs")
 
     def finish(self, run: Run):
+        refit = None
         if not run.interrupted and (self.run_dir / runs.BEST_KERAS).exists():
             from .ood import fit_after_training
 
-            fit_after_training(self)  # temperature + unknown detector, stored with the best model
+            # Temperature + unknown detector (and the head refitted after fine-tuning), stored with the best model.
+            refit = fit_after_training(self).get("head_refit")
         if run.history:
             try:
                 from .plots import plot_learning_curves
@@ -369,10 +371,14 @@ class _Trainer:
             pass
         if run.best_epoch:
             best = run.history[run.best_epoch - 1] if len(run.history) >= run.best_epoch else {}
-            self.printer(
-                f"Best epoch {run.best_epoch}: {self.cfg.monitor} {run.best_val_accuracy:.3f}"
-                + (f", val_loss {best['val_loss']:.4f}" if best.get("val_loss") is not None else "")
-            )
+            if refit and refit["kept"]:  # the saved model is the refitted head's: its figures, not the epoch's
+                self.printer(f"Best epoch {run.best_epoch}, head refitted: val_accuracy "
+                             f"{refit['after']['val_accuracy']:.3f}, val_loss {refit['after']['val_loss']:.4f}")
+            else:
+                self.printer(
+                    f"Best epoch {run.best_epoch}: {self.cfg.monitor} {run.best_val_accuracy:.3f}"
+                    + (f", val_loss {best['val_loss']:.4f}" if best.get("val_loss") is not None else "")
+                )
         files = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
         self.printer(f"Saved in {self.run_dir}: {', '.join(files)}")
         if not run.interrupted:
